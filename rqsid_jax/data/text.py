@@ -1,0 +1,22 @@
+"""Item text following TIGER's recipe (title, price, brand, categories) with what the data has."""
+from __future__ import annotations
+
+from rqsid_jax.data.dataset import ItemTable
+
+
+def item_text(items: ItemTable, i: int) -> str:
+    parts = []
+    if items.titles[i]:
+        parts.append(f"Title: {items.titles[i]}")
+    if items.prices[i] is not None:
+        parts.append(f"Price: {items.prices[i]:.2f}")
+    if items.brands[i]:
+        parts.append(f"Brand: {items.brands[i]}")
+    if items.categories[i]:
+        parts.append("Categories: " + ", ".join(items.categories[i]))
+    # An item with no text at all still gets a distinct string so it is not merged with others.
+    return "; ".join(parts) if parts else f"Item {items.asins[i]}"
+
+
+def item_texts(items: ItemTable) -> list[str]:
+    return [item_text(items, i) for i in range(len(items))]

@@ -1,0 +1,17 @@
+"""Small raw Amazon-format fixtures written into a temp dir."""
+import gzip
+import json
+
+
+def write_raw(tmp_path, reviews, meta_lines, category="Beauty", extra_review_lines=()):
+    rpath = tmp_path / f"reviews_{category}_5.json.gz"
+    with gzip.open(rpath, "wt") as f:
+        for user, asin, t in reviews:
+            f.write(json.dumps({"reviewerID": user, "asin": asin, "unixReviewTime": t, "overall": 5.0}) + "\n")
+        for line in extra_review_lines:
+            f.write(line + "\n")
+    mpath = tmp_path / f"meta_{category}.json.gz"
+    with gzip.open(mpath, "wt") as f:
+        for line in meta_lines:
+            f.write(line + "\n")
+    return str(rpath), str(mpath)
