@@ -1,0 +1,1 @@
+"""Semantic IDs: collision tokens, reports, streaming assignment, hourglass analysis and mitigations."""

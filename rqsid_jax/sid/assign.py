@@ -1,0 +1,112 @@
+"""Codes -> unique semantic IDs (TIGER's collision token), SID reports, streaming assignment."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rqsid_jax.errors import DataError
+
+
+def collision_token(codes: np.ndarray) -> np.ndarray:
+    """For each item, its rank among the items sharing its whole code tuple (0 when unique).
+
+    Items keep dataset order inside a group, so the result is deterministic.
+    """
+    codes = np.asarray(codes)
+    n = codes.shape[0]
+    order = np.lexsort(codes.T[::-1])  # sort by c1, then c2, ...; stable in item order
+    s = codes[order]
+    new_group = np.ones(n, bool)
+    new_group[1:] = np.any(s[1:] != s[:-1], axis=1)
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    tok = np.empty(n, np.int32)
+    tok[order] = np.arange(n) - group_start
+    return tok
+
+
+def with_collision_token(codes: np.ndarray) -> np.ndarray:
+    """[N, L] codes -> [N, L+1] unique SIDs."""
+    return np.concatenate([codes, collision_token(codes)[:, None]], axis=1).astype(np.int32)
+
+
+def group_sizes(codes: np.ndarray) -> np.ndarray:
+    """Size of every distinct code tuple's group."""
+    _, counts = np.unique(np.asarray(codes), axis=0, return_counts=True)
+    return counts
+
+
+def sid_report(codes: np.ndarray, codebook_size: int, recon_mse: Optional[float] = None) -> dict:
+    codes = np.asarray(codes)
+    n, L = codes.shape
+    counts = np.stack([np.bincount(codes[:, l], minlength=codebook_size) for l in range(L)])
+    p = counts / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    sizes = group_sizes(codes)
+    hist = np.bincount(sizes)
+    sids = with_collision_token(codes)
+    rep = {
+        "items": int(n), "levels": int(L), "codebook_size": int(codebook_size),
+        "used_codes": (counts > 0).sum(1).tolist(),
+        "usage_fraction": ((counts > 0).sum(1) / codebook_size).round(4).tolist(),
+        "perplexity": np.exp(ent).round(2).tolist(),
+        "unique_prefix_ratio": float((sizes == 1).sum() / n),
+        "distinct_prefixes": int(sizes.size),
+        "max_collision_group": int(sizes.max()),
+        # {group size: number of groups of that size}
+        "collision_groups": {int(k): int(v) for k, v in enumerate(hist) if v and k},
+        "all_sids_unique": bool(np.unique(sids, axis=0).shape[0] == n),
+    }
+    if recon_mse is not None:
+        rep["reconstruction_mse"] = float(recon_mse)
+    return rep
+
+
+def save_sids(directory: str, codes: np.ndarray, item_ids: Sequence[str], asins: Sequence[str],
+              titles: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Writes codes.npy [N, L], sids.npy [N, L+1], item_ids.json (row order) and sid_table.tsv."""
+    os.makedirs(directory, exist_ok=True)
+    codes = np.asarray(codes, np.int32)
+    sids = with_collision_token(codes)
+    np.save(os.path.join(directory, "codes.npy"), codes)
+    np.save(os.path.join(directory, "sids.npy"), sids)
+    with open(os.path.join(directory, "item_ids.json"), "w") as f:
+        json.dump({"item_ids": list(item_ids), "asins": list(asins)}, f)
+    with open(os.path.join(directory, "sid_table.tsv"), "w", encoding="utf-8") as f:
+        f.write("row\titem_id\tasin\tsid\ttitle\n")
+        for i, sid in enumerate(sids):
+            t = (titles[i] if titles is not None else "").replace("\t", " ").replace("\n", " ")
+            f.write(f"{i}\t{item_ids[i]}\t{asins[i]}\t{'-'.join(map(str, sid))}\t{t}\n")
+    return sids
+
+
+def assign_codes_streaming(encode: Callable[[np.ndarray], np.ndarray], embeddings_path: str, out_path: str,
+                           levels: int, chunk_size: int = 65536, progress: bool = True) -> np.memmap:
+    """Encodes a memory-mapped [N, D] .npy in fixed-size chunks into an [N, L] int32 .npy memmap.
+
+    Memory stays flat in N: one chunk of inputs and codes is resident at a time. The last
+    chunk is padded to `chunk_size` so the encoder compiles once.
+    """
+    try:
+        x = np.load(embeddings_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{embeddings_path}: cannot memory-map as a numeric .npy ({e})")
+    if x.ndim != 2:
+        raise DataError(f"{embeddings_path}: expected [items, dim], got shape {x.shape}")
+    n = x.shape[0]
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.int32, shape=(n, levels))
+    for start in tqdm(range(0, n, chunk_size), desc="assign SIDs", disable=not progress):
+        block = np.asarray(x[start:start + chunk_size], np.float32)
+        m = block.shape[0]
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block).all(1))[0])
+            raise DataError(f"{embeddings_path}: NaN/inf at item index {bad}")
+        if m < chunk_size:
+            block = np.concatenate([block, np.zeros((chunk_size - m, block.shape[1]), np.float32)])
+        out[start:start + m] = np.asarray(encode(block))[:m]
+    out.flush()
+    return out
