@@ -202,7 +202,7 @@ def test_real_counts(data_dir):
 def test_beauty_embeddings_cached(data_dir, tmp_path):
     ds = load_dataset("beauty", data_dir)
     e = item_embeddings(ds, None, "auto", str(tmp_path))
-    assert e.shape == (12101, 256) and np.isfinite(e).all()
+    assert e.shape == (12101, 512) and np.isfinite(e).all()
     mtime = os.path.getmtime(tmp_path / "embeddings.npy")
     e2 = item_embeddings(ds, None, "auto", str(tmp_path))
     np.testing.assert_array_equal(e, e2)

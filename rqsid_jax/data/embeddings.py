@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from rqsid_jax.data.dataset import SequenceDataset, Split, validate_embeddings
-from rqsid_jax.data.text import item_texts
+from rqsid_jax.data.text import item_field_texts, item_texts
 from rqsid_jax.errors import ConfigError, DataError
 
 METHODS = ("auto", "wordllama", "sentence_transformers", "npy", "collaborative")
@@ -27,7 +27,11 @@ def wordllama_embed(texts: list[str], dim: int = 256) -> np.ndarray:
     import wordllama
     from wordllama import WordLlama
 
-    wl = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True, dim=dim)
+    # The wheel ships the 256-d weights; smaller dims are Matryoshka truncations of them.
+    if not 1 <= dim <= 256:
+        raise ConfigError(f"embeddings.dim={dim}: wordllama gives at most 256 dimensions")
+    wl = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True,
+                        trunc_dim=dim if dim < 256 else None)
     return np.asarray(wl.embed(texts), np.float32)
 
 
@@ -88,8 +92,12 @@ def _cache_key(method: str, payload: dict) -> str:
 
 def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: str = "auto",
                     cache_dir: Optional[str] = None, model_name: str = "sentence-transformers/sentence-t5-base",
-                    npy_path: str = "", dim: int = 256, seed: int = 0) -> np.ndarray:
-    """Returns [num_items, D] float32 embeddings, reusing `<cache_dir>/embeddings.npy` when its key matches."""
+                    npy_path: str = "", dim: int = 256, seed: int = 0, text_fields: str = "separate") -> np.ndarray:
+    """Returns [num_items, D] float32 embeddings, reusing `<cache_dir>/embeddings.npy` when its key matches.
+
+    text_fields='separate' embeds the title and the attributes (brand, categories, price) on
+    their own and concatenates them (2*dim for wordllama); 'joined' embeds one TIGER-style string.
+    """
     if method not in METHODS:
         raise ConfigError(f"embeddings.method='{method}' is not one of {METHODS}")
     if method == "auto":
@@ -102,8 +110,11 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
     if method == "given":
         return validate_embeddings(np.asarray(dataset.embeddings, np.float32), dataset.num_items, dataset.name)
     if method in ("wordllama", "sentence_transformers"):
-        texts = item_texts(dataset.items)
-        payload = {"texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        if text_fields not in ("separate", "joined"):
+            raise ConfigError(f"embeddings.text_fields='{text_fields}' is not 'separate' or 'joined'")
+        fields = list(item_field_texts(dataset.items)) if text_fields == "separate" else [item_texts(dataset.items)]
+        payload = {"texts": hashlib.sha256("\n".join("\n".join(f) for f in fields).encode()).hexdigest(),
+                   "fields": text_fields,
                    "model": model_name if method == "sentence_transformers" else f"wordllama-{dim}"}
     elif method == "npy":
         if not npy_path:
@@ -125,9 +136,9 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
                     logging.info("embeddings: reusing cache %s", path)
                     return np.load(path, allow_pickle=False)
     if method == "wordllama":
-        emb = wordllama_embed(texts, dim)
+        emb = np.concatenate([wordllama_embed(f, dim) for f in fields], axis=1)
     elif method == "sentence_transformers":
-        emb = sentence_transformers_embed(texts, model_name)
+        emb = np.concatenate([sentence_transformers_embed(f, model_name) for f in fields], axis=1)
     elif method == "npy":
         if not os.path.exists(npy_path):
             raise DataError(f"{npy_path}: file not found (expected a .npy float array [items, dim])")

@@ -1,0 +1,38 @@
+"""Amazon Beauty with TIGER's settings: the README's main job."""
+import os
+
+import ml_collections
+
+from rqsid_jax.quantization.train import default_config as rqvae_config
+
+DEFAULT_DATA_DIR = os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = "beauty"
+    c.data_dir = DEFAULT_DATA_DIR  # or RQSID_DATA_DIR, or --config.data_dir=...
+    c.data_format = "auto"  # auto | p5 | raw | user
+    c.interactions = ""  # data_format=user: 'user,item[,timestamp]' file
+    c.min_count = 5  # k-core for raw input
+    c.seed = 0
+    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+
+    c.embeddings = ml_collections.ConfigDict()
+    c.embeddings.method = "auto"  # auto | wordllama | sentence_transformers | npy | collaborative | given
+    c.embeddings.model_name = "sentence-transformers/sentence-t5-base"
+    c.embeddings.npy_path = ""
+    c.embeddings.dim = 256
+    c.embeddings.text_fields = "separate"  # title and attributes embedded separately (see data/text.py)
+
+    c.tokenizer = "rqvae"  # rqvae | rqkmeans
+    c.rqvae = rqvae_config()
+    c.rqkmeans = ml_collections.ConfigDict({"levels": 3, "codebook_size": 256, "iters": 25})
+
+    c.hourglass = ml_collections.ConfigDict()
+    c.hourglass.top_ks = (10, 20, 50, 100)
+    c.hourglass.head_share = 0.5
+    c.hourglass.run_synthetic = True
+    c.hourglass.synthetic = ml_collections.ConfigDict(dict(
+        n=20000, dim=32, levels=3, codebook_size=64, clusters=500, zipf_a=1.2, seed=0, iters=20))
+    return c

@@ -1,0 +1,44 @@
+"""Entry point: python -m rqsid_jax.launch --config configs/<experiment>.py --workdir <dir>.
+
+Thin: parses flags and calls rqsid_jax.pipeline.run, which tests and notebooks call directly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rqsid_jax.errors import RqsidError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)  # unknown --config.x fields fail loudly
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's artifacts.")
+_STAGES = flags.DEFINE_list("stages", None, "Subset of stages to run (default: the config's stages).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pod / multi-GPU).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save/restore at INFO
+    import jax
+
+    if _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+    from rqsid_jax import pipeline
+
+    try:
+        results = pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, progress=_PROGRESS.value)
+    except RqsidError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"done: {', '.join(results)}; report at {os.path.join(_WORKDIR.value, 'report.md')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

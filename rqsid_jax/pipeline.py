@@ -1,0 +1,274 @@
+"""The whole pipeline as stages over a workdir.
+
+Each stage writes `<workdir>/<stage>/` with its artifacts and `metrics.json`, then
+`stage.json` (its config fingerprint) last. A stage whose `stage.json` matches the current
+fingerprint is skipped; a changed config (of the stage or anything upstream) reruns it and
+everything after it. A killed stage resumes from what it left (RQ-VAE checkpoints, cached
+embeddings), so rerunning the same command finishes the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from rqsid_jax import sharding
+from rqsid_jax.data import load_dataset
+from rqsid_jax.data.embeddings import item_embeddings
+from rqsid_jax.errors import ConfigError
+
+STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+# Which config sections each stage depends on (besides its upstream stages).
+STAGE_KEYS = {
+    "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
+    "embeddings": ("embeddings",),
+    "tokenizer": ("tokenizer", "rqvae", "rqkmeans", "seed"),
+    "sids": (),
+    "hourglass": ("hourglass",),
+}
+UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
+            "hourglass": ("sids",)}
+
+
+def _jsonable(v):
+    if isinstance(v, ml_collections.ConfigDict):
+        return {k: _jsonable(x) for k, x in sorted(v.items())}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)  # atomic: a kill never leaves half a file
+
+
+class Context:
+    """Shared state of one pipeline run: config, workdir, mesh, lazily loaded data."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, progress: bool = True):
+        self.config = config
+        self.workdir = workdir
+        self.progress = progress
+        self.is_main = jax.process_index() == 0  # only process 0 writes reports
+        self.mesh = sharding.data_mesh()
+        self._dataset = self._split = None
+        self.fingerprints: dict[str, str] = {}
+
+    def dir(self, stage: str) -> str:
+        return os.path.join(self.workdir, stage)
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            c = self.config
+            self._dataset = load_dataset(c.dataset, c.data_dir, c.data_format, c.interactions,
+                                         c.embeddings.npy_path if c.embeddings.method == "given" else "",
+                                         c.min_count)
+        return self._dataset
+
+    @property
+    def split(self):
+        if self._split is None:
+            self._split = self.dataset.split()
+        return self._split
+
+    def fingerprint(self, stage: str) -> str:
+        if stage not in self.fingerprints:
+            part = {k: _jsonable(self.config.get(k)) for k in STAGE_KEYS[stage]}
+            part["upstream"] = [self.fingerprint(u) for u in UPSTREAM[stage]]
+            self.fingerprints[stage] = hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+        return self.fingerprints[stage]
+
+    def is_done(self, stage: str) -> bool:
+        path = os.path.join(self.dir(stage), "stage.json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            return json.load(f).get("fingerprint") == self.fingerprint(stage)
+
+
+# ------------------------------------------------------------------ stages
+
+def stage_data(ctx: Context) -> dict:
+    ds, sp = ctx.dataset, ctx.split
+    d = ctx.dir("data")
+    write_json(os.path.join(d, "items.json"), {"item_ids": ds.items.ids, "asins": ds.items.asins,
+                                               "titles": ds.items.titles})
+    lens = np.array([len(h) for h in sp.test_history])
+    np.savez(os.path.join(d, "split.npz"), user_ids=np.array(sp.user_ids), user_tokens=sp.user_tokens,
+             valid_target=sp.valid_target, test_target=sp.test_target,
+             test_history=np.concatenate(sp.test_history), test_history_len=lens)
+    return {**ds.stats(), "test_targets": int(len(sp.test_target)), "valid_targets": int(len(sp.valid_target)),
+            "train_interactions": int(sum(len(t) for t in sp.train))}
+
+
+def stage_embeddings(ctx: Context) -> dict:
+    c = ctx.config.embeddings
+    t = time.time()
+    emb = item_embeddings(ctx.dataset, ctx.split, c.method, ctx.dir("embeddings"), c.model_name, c.npy_path,
+                          c.dim, ctx.config.seed, c.text_fields)
+    return {"items": int(emb.shape[0]), "dim": int(emb.shape[1]), "seconds": time.time() - t}
+
+
+def load_embeddings(ctx: Context) -> np.ndarray:
+    return np.load(os.path.join(ctx.dir("embeddings"), "embeddings.npy"), allow_pickle=False)
+
+
+def stage_tokenizer(ctx: Context) -> dict:
+    from rqsid_jax.quantization.kmeans import rq_kmeans
+    from rqsid_jax.quantization.train import train_rqvae
+
+    emb = load_embeddings(ctx)
+    c = ctx.config
+    d = ctx.dir("tokenizer")
+    t = time.time()
+    if c.tokenizer == "rqvae":
+        writer = _tb_writer(ctx, "tokenizer")
+
+        def log(m):
+            if writer is not None:
+                for k in ("loss", "recon", "codebook", "commitment"):
+                    writer.add_scalar(f"rqvae/{k}", m[k], m["step"])
+                for l, p in enumerate(m["perplexity"]):
+                    writer.add_scalar(f"rqvae/perplexity_level{l + 1}", p, m["step"])
+                    writer.add_scalar(f"rqvae/usage_level{l + 1}", m["usage_fraction"][l], m["step"])
+                writer.flush()
+
+        _, history = train_rqvae(c.rqvae, emb, os.path.join(d, "checkpoints"), ctx.mesh, log=log,
+                                 progress=ctx.progress)
+        write_json(os.path.join(d, "history.json"), history)
+        last = history[-1] if history else {}
+        return {"tokenizer": "rqvae", "seconds": time.time() - t, **{k: last.get(k) for k in (
+            "step", "loss", "recon", "used_codes", "perplexity", "collapsed_levels")}}
+    if c.tokenizer == "rqkmeans":
+        k = c.rqkmeans
+        x = standardize(emb)
+        books = np.asarray(rq_kmeans(jax.random.key(c.seed), x, k.levels, k.codebook_size, k.iters))
+        np.save(os.path.join(d, "codebooks.npy"), books)
+        return {"tokenizer": "rqkmeans", "seconds": time.time() - t}
+    raise ConfigError(f"tokenizer='{c.tokenizer}' is not 'rqvae' or 'rqkmeans'")
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    return ((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32)
+
+
+def tokenizer_encoder(ctx: Context, input_dim: int) -> tuple[Callable, int, Callable]:
+    """(codes_fn, codebook_size, latents_fn) for the trained tokenizer."""
+    from rqsid_jax.quantization.kernels import residual_encode
+    from rqsid_jax.quantization.train import load_rqvae
+
+    c = ctx.config
+    if c.tokenizer == "rqvae":
+        model = load_rqvae(c.rqvae, input_dim, os.path.join(ctx.dir("tokenizer"), "checkpoints"))
+        books = model.codebooks[...]
+        return jax.jit(model.codes), c.rqvae.codebook_size, lambda x: (books, jax.jit(model.encode)(x))
+    books = np.load(os.path.join(ctx.dir("tokenizer"), "codebooks.npy"))
+    emb = load_embeddings(ctx)
+    mean, std = emb.mean(0), np.maximum(emb.std(0), 1e-6)
+    enc = jax.jit(lambda x: residual_encode(books, (x - mean) / std)[0])
+    return enc, c.rqkmeans.codebook_size, lambda x: (books, (x - mean) / std)
+
+
+def stage_sids(ctx: Context) -> dict:
+    from rqsid_jax.quantization.kernels import residual_encode
+    from rqsid_jax.sid.assign import save_sids, sid_report
+
+    emb = load_embeddings(ctx)
+    enc, M, latents = tokenizer_encoder(ctx, emb.shape[1])
+    x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
+    codes = np.asarray(enc(sharding.shard_batch(x, ctx.mesh)))[:n]
+    books, z = latents(emb)
+    _, residuals, q = residual_encode(books, z)
+    d = ctx.dir("sids")
+    np.save(os.path.join(d, "residuals.npy"), np.asarray(residuals))
+    items = ctx.dataset.items
+    save_sids(d, codes, items.ids, items.asins, items.titles)
+    return sid_report(codes, M, recon_mse=float(np.mean((np.asarray(z) - np.asarray(q)) ** 2)))
+
+
+def stage_hourglass(ctx: Context) -> dict:
+    from rqsid_jax.sid.report import write_report
+
+    c = ctx.config.hourglass
+    d = ctx.dir("sids")
+    codes = np.load(os.path.join(d, "codes.npy"))
+    residuals = np.load(os.path.join(d, "residuals.npy"))
+    M = ctx.config.rqvae.codebook_size if ctx.config.tokenizer == "rqvae" else ctx.config.rqkmeans.codebook_size
+    m = write_report(ctx.dir("hourglass"), codes, M, residuals, tuple(c.top_ks), c.head_share,
+                     c.synthetic.to_dict() if c.run_synthetic else None,
+                     title=f"Hourglass analysis: {ctx.config.dataset}")
+    b = m["baseline"]
+    return {"hourglass": b["hourglass"], "layers": b["layers"], "paths": b["paths"],
+            "mitigations": [{k: v for k, v in x.items() if k != "layers"} for x in m["mitigations"]],
+            "synthetic_hourglass": {k: m["synthetic"][k]["hourglass"] for k in ("uniform", "long_tailed")}
+            if m["synthetic"] else None}
+
+
+STAGE_FNS = {"data": stage_data, "embeddings": stage_embeddings, "tokenizer": stage_tokenizer,
+             "sids": stage_sids, "hourglass": stage_hourglass}
+
+
+def _tb_writer(ctx: Context, stage: str):
+    if not ctx.is_main:
+        return None
+    from tensorboardX import SummaryWriter  # event files without TensorFlow
+    return SummaryWriter(os.path.join(ctx.workdir, "tensorboard", stage))
+
+
+# ------------------------------------------------------------------ driver
+
+def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequence[str]] = None,
+        progress: bool = True) -> dict:
+    """Runs `stages` (default: all) in order, skipping finished ones. Returns metrics per stage."""
+    wanted = list(stages) if stages else [s for s in STAGES if s in config.stages]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; stages are {list(STAGES)}")
+    os.makedirs(workdir, exist_ok=True)
+    ctx = Context(config, workdir, progress)
+    if ctx.is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(_jsonable(config), f, indent=1)
+    results = {}
+    for stage in [s for s in STAGES if s in wanted]:
+        for up in UPSTREAM[stage]:
+            if up not in wanted and not ctx.is_done(up):
+                raise ConfigError(f"stage '{stage}' needs stage '{up}' to be complete in {workdir} "
+                                  f"for this config; include it in --stages")
+        d = ctx.dir(stage)
+        if ctx.is_done(stage):
+            logging.info("stage %s: up to date, skipped", stage)
+            with open(os.path.join(d, "metrics.json")) as f:
+                results[stage] = json.load(f)
+            continue
+        fp_path = os.path.join(d, "fingerprint")
+        if os.path.exists(fp_path) and open(fp_path).read().strip() != ctx.fingerprint(stage):
+            logging.info("stage %s: config changed, starting over", stage)
+            shutil.rmtree(d)
+        os.makedirs(d, exist_ok=True)
+        with open(fp_path, "w") as f:
+            f.write(ctx.fingerprint(stage))
+        logging.info("stage %s: running", stage)
+        t = time.time()
+        metrics = STAGE_FNS[stage](ctx)
+        metrics["wall_seconds"] = time.time() - t
+        if ctx.is_main:
+            write_json(os.path.join(d, "metrics.json"), metrics)
+            write_json(os.path.join(d, "stage.json"), {"fingerprint": ctx.fingerprint(stage), "complete": True})
+        results[stage] = metrics
+    if ctx.is_main:
+        from rqsid_jax.report import write_workdir_report
+        write_workdir_report(workdir)
+    return results

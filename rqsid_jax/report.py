@@ -1,0 +1,39 @@
+"""`<workdir>/report.md`: every stage's tables in one page, with links to every figure."""
+from __future__ import annotations
+
+import json
+import os
+
+STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def write_workdir_report(workdir: str) -> str:
+    out = ["# rqsid_jax run report", "", f"Workdir: `{os.path.abspath(workdir)}`", ""]
+    for stage in STAGE_ORDER:
+        path = os.path.join(workdir, stage, "metrics.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            m = json.load(f)
+        out += [f"## {stage}", "", "| metric | value |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if not isinstance(v, (dict, list)) or
+                (isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v))]
+        out.append("")
+        if stage == "hourglass":
+            out += [f"Full analysis with every table: [hourglass/report.md](hourglass/report.md)", ""]
+            fig_dir = os.path.join(workdir, "hourglass", "figures")
+            for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
+                out.append(f"![{f}](hourglass/figures/{f})")
+            out.append("")
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return path

@@ -1,0 +1,91 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from rqsid_jax import pipeline
+from rqsid_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mtimes(workdir):
+    return {s: os.path.getmtime(os.path.join(workdir, s, "stage.json"))
+            for s in pipeline.STAGES if os.path.exists(os.path.join(workdir, s, "stage.json"))}
+
+
+def _launch(workdir, *extra):
+    return [sys.executable, "-m", "rqsid_jax.launch", "--config", "configs/tiny.py", "--workdir", str(workdir),
+            "--noprogress", *extra]
+
+
+def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
+    wd = tmp_path / "wd"
+    p = subprocess.Popen(_launch(wd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = wd / "tokenizer" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpt.exists() and any(d.isdigit() for d in os.listdir(ckpt))):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (wd / "embeddings" / "stage.json").exists() and not (wd / "sids" / "stage.json").exists()
+    before = _mtimes(wd)
+    r = subprocess.run(_launch(wd), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = _mtimes(wd)
+    assert set(after) == set(pipeline.STAGES)
+    for s in before:  # finished stages were not redone
+        assert after[s] == before[s], s
+    # Artifacts of the workdir contract.
+    codes = np.load(wd / "sids" / "codes.npy")
+    items = json.load(open(wd / "sids" / "item_ids.json"))
+    assert codes.dtype == np.int32 and codes.shape == (len(items["item_ids"]), 3)
+    sids = np.load(wd / "sids" / "sids.npy")
+    assert np.unique(sids, axis=0).shape[0] == sids.shape[0]
+    for s in pipeline.STAGES:
+        json.load(open(wd / s / "metrics.json"))
+    assert "hourglass/report.md" in open(wd / "report.md").read()
+    assert os.listdir(wd / "tensorboard" / "tokenizer")
+
+
+def test_config_change_reruns_only_affected_stages(tmp_path):
+    c = tiny.get_config()
+    c.hourglass.run_synthetic = False
+    wd = str(tmp_path)
+    pipeline.run(c, wd, progress=False)
+    before = _mtimes(wd)
+    pipeline.run(c, wd, progress=False)
+    assert _mtimes(wd) == before  # nothing changed, nothing rerun
+    c.hourglass.top_ks = (3,)
+    pipeline.run(c, wd, progress=False)
+    after = _mtimes(wd)
+    assert all(after[s] == before[s] for s in ("data", "embeddings", "tokenizer", "sids"))
+    assert after["hourglass"] != before["hourglass"]
+    assert os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_3.npy"))
+    assert not os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_2.npy"))  # old run cleared
+
+
+def test_rqkmeans_tokenizer_and_stage_errors(tmp_path):
+    c = tiny.get_config()
+    c.tokenizer = "rqkmeans"
+    c.hourglass.run_synthetic = False
+    r = pipeline.run(c, str(tmp_path), progress=False)
+    assert r["sids"]["all_sids_unique"] and r["sids"]["used_codes"] == [16, 16, 16]
+    with pytest.raises(ConfigError, match="unknown stages"):
+        pipeline.run(c, str(tmp_path / "x"), stages=["nope"], progress=False)
+    with pytest.raises(ConfigError, match="needs stage 'embeddings'"):
+        pipeline.run(c, str(tmp_path / "y"), stages=["tokenizer"], progress=False)
+
+
+def test_launcher_errors_are_one_line(tmp_path):
+    r = subprocess.run(_launch(tmp_path, "--config.data_dir=/nonexistent"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: /nonexistent: no data for 'tiny'")
+    r = subprocess.run(_launch(tmp_path, "--config.no_such_field=1"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "no_such_field" in r.stderr
