@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.kmeans_init = True
     c.kmeans_iters = 25
     c.revive_every = 100  # steps; 0 disables dead-code revival
-    c.min_usage = 1  # codes used by fewer items than this (on the revival sample) are re-seeded
+    c.min_usage = 10  # codes used by fewer items than this (on the revival sample) are re-seeded
     c.revive_sample = 65536  # items used to count usage and pick new centers
     c.collapse_fraction = 0.1  # a level using < 10% of its codes is reported as collapsed
     c.ema = False  # EMA codebook updates instead of the codebook loss

@@ -84,29 +84,44 @@ def save_sids(directory: str, codes: np.ndarray, item_ids: Sequence[str], asins:
     return sids
 
 
+def _npy_layout(path: str) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape, data offset) of a .npy file, read from its header without loading it."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e})")
+    if fortran or dtype.hasobject or len(shape) != 2:
+        raise DataError(f"{path}: expected a C-ordered numeric [items, dim] array, got shape {shape}, {dtype}")
+    return dtype, shape, offset
+
+
 def assign_codes_streaming(encode: Callable[[np.ndarray], np.ndarray], embeddings_path: str, out_path: str,
                            levels: int, chunk_size: int = 65536, progress: bool = True) -> np.memmap:
-    """Encodes a memory-mapped [N, D] .npy in fixed-size chunks into an [N, L] int32 .npy memmap.
+    """Encodes an [N, D] .npy in fixed-size chunks into an [N, L] int32 .npy memmap.
 
-    Memory stays flat in N: one chunk of inputs and codes is resident at a time. The last
-    chunk is padded to `chunk_size` so the encoder compiles once.
+    Memory stays flat in N: each chunk is mapped on its own and unmapped after use (pages of
+    one long-lived map would stay resident and grow with N). The last chunk is padded to
+    `chunk_size` so the encoder compiles once.
     """
-    try:
-        x = np.load(embeddings_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{embeddings_path}: cannot memory-map as a numeric .npy ({e})")
-    if x.ndim != 2:
-        raise DataError(f"{embeddings_path}: expected [items, dim], got shape {x.shape}")
-    n = x.shape[0]
+    dtype, (n, d), offset = _npy_layout(embeddings_path)
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.int32, shape=(n, levels))
+    row = dtype.itemsize * d
     for start in tqdm(range(0, n, chunk_size), desc="assign SIDs", disable=not progress):
-        block = np.asarray(x[start:start + chunk_size], np.float32)
-        m = block.shape[0]
+        m = min(chunk_size, n - start)
+        view = np.memmap(embeddings_path, dtype=dtype, mode="r", offset=offset + start * row, shape=(m, d))
+        block = np.array(view, np.float32)
+        del view
         if not np.isfinite(block).all():
             bad = start + int(np.flatnonzero(~np.isfinite(block).all(1))[0])
             raise DataError(f"{embeddings_path}: NaN/inf at item index {bad}")
         if m < chunk_size:
-            block = np.concatenate([block, np.zeros((chunk_size - m, block.shape[1]), np.float32)])
+            block = np.concatenate([block, np.zeros((chunk_size - m, d), np.float32)])
         out[start:start + m] = np.asarray(encode(block))[:m]
+        if (start // chunk_size) % 16 == 15:
+            out.flush()  # written pages go to disk and stop counting as dirty memory
     out.flush()
     return out

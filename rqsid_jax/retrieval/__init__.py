@@ -1,0 +1,1 @@
+"""TIGER generative retriever: SID tokens, NNX encoder-decoder, training, constrained beam search, metrics."""

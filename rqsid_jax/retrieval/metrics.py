@@ -1,0 +1,31 @@
+"""Recall@K and NDCG@K over the full catalogue from top-K predicted item ids."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+KS = (1, 3, 5, 10, 20, 30, 50)
+
+
+def hit_ranks(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of the target in each row of predictions [U, K], or -1 when absent."""
+    hit = predictions == targets[:, None]
+    return np.where(hit.any(1), hit.argmax(1), -1)
+
+
+def recall_ndcg(predictions: np.ndarray, targets: np.ndarray, ks: Sequence[int] = KS,
+                mask: Optional[np.ndarray] = None) -> dict:
+    """One relevant item per user: Recall@K = hit in top K; NDCG@K = 1 / log2(rank + 2) if hit."""
+    r = hit_ranks(np.asarray(predictions), np.asarray(targets))
+    if mask is not None:
+        r = r[mask]
+    out = {"users": int(r.size)}
+    for k in ks:
+        if k > predictions.shape[1]:
+            continue
+        hit = (r >= 0) & (r < k)
+        out[f"recall@{k}"] = float(hit.mean()) if r.size else 0.0
+        gain = 1.0 / np.log2(np.maximum(r, 0) + 2.0)
+        out[f"ndcg@{k}"] = float(np.where(hit, gain, 0.0).mean()) if r.size else 0.0
+    return out

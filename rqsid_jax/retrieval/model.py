@@ -1,0 +1,140 @@
+"""TIGER's encoder-decoder transformer in Flax NNX (pre-LayerNorm, learned positions).
+
+Dropout takes an explicit key per call, so a training step is a pure function of
+(params, batch, step key): resume reproduces the same random bits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 128
+    num_heads: int = 6
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    dropout: float = 0.1
+    max_encoder_len: int = 81
+    max_decoder_len: int = 6
+
+
+def dropout(x, rate: float, key: Optional[jax.Array]):
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        inner = cfg.num_heads * cfg.head_dim
+        self.h, self.dh = cfg.num_heads, cfg.head_dim
+        self.q = nnx.Linear(cfg.d_model, inner, use_bias=False, rngs=rngs)
+        self.kv = nnx.Linear(cfg.d_model, 2 * inner, use_bias=False, rngs=rngs)
+        self.o = nnx.Linear(inner, cfg.d_model, use_bias=False, rngs=rngs)
+
+    def keys_values(self, ctx):
+        b, s, _ = ctx.shape
+        kv = self.kv(ctx).reshape(b, s, 2, self.h, self.dh)
+        return kv[:, :, 0], kv[:, :, 1]
+
+    def __call__(self, x, mask, ctx=None, kv=None):
+        """x [B, T, d]; mask broadcastable to [B, 1, T, S] (True = attend)."""
+        b, t, _ = x.shape
+        q = self.q(x).reshape(b, t, self.h, self.dh)
+        k, v = kv if kv is not None else self.keys_values(x if ctx is None else ctx)
+        logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(self.dh).astype(x.dtype)
+        logits = jnp.where(mask, logits, NEG)
+        w = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, t, self.h * self.dh)
+        return self.o(out)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.up = nnx.Linear(cfg.d_model, cfg.mlp_dim, rngs=rngs)
+        self.down = nnx.Linear(cfg.mlp_dim, cfg.d_model, rngs=rngs)
+
+    def __call__(self, x, rate, key):
+        return self.down(dropout(jax.nn.relu(self.up(x)), rate, key))
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.ln1, self.ln2 = nnx.LayerNorm(cfg.d_model, rngs=rngs), nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.attn, self.mlp = Attention(cfg, rngs), MLP(cfg, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, x, mask, key):
+        k = jax.random.split(key, 3) if key is not None else [None] * 3
+        x = x + dropout(self.attn(self.ln1(x), mask), self.rate, k[0])
+        return x + dropout(self.mlp(self.ln2(x), self.rate, k[1]), self.rate, k[2])
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.ln1, self.ln2, self.ln3 = (nnx.LayerNorm(cfg.d_model, rngs=rngs) for _ in range(3))
+        self.self_attn, self.cross_attn, self.mlp = Attention(cfg, rngs), Attention(cfg, rngs), MLP(cfg, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, y, self_mask, cross_mask, cross_kv, key):
+        k = jax.random.split(key, 4) if key is not None else [None] * 4
+        y = y + dropout(self.self_attn(self.ln1(y), self_mask), self.rate, k[0])
+        y = y + dropout(self.cross_attn(self.ln2(y), cross_mask, kv=cross_kv), self.rate, k[1])
+        return y + dropout(self.mlp(self.ln3(y), self.rate, k[2]), self.rate, k[3])
+
+
+class Seq2Seq(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
+        self.enc_pos = nnx.Param(init(rngs.params(), (cfg.max_encoder_len, cfg.d_model)))
+        self.dec_pos = nnx.Param(init(rngs.params(), (cfg.max_decoder_len, cfg.d_model)))
+        self.encoder = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.encoder_layers)])
+        self.decoder = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.decoder_layers)])
+        self.enc_ln, self.dec_ln = nnx.LayerNorm(cfg.d_model, rngs=rngs), nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.out = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
+
+    def encode(self, tokens, key=None):
+        """tokens [B, S] (0 = PAD) -> (memory [B, S, d], memory mask [B, S])."""
+        mask = tokens != 0
+        x = self.embed(tokens) + self.enc_pos[: tokens.shape[1]]
+        keys = jax.random.split(key, len(self.encoder) + 1) if key is not None else [None] * (len(self.encoder) + 1)
+        x = dropout(x, self.cfg.dropout, keys[-1])
+        m = mask[:, None, None, :]
+        for layer, k in zip(self.encoder, keys):
+            x = layer(x, m, k)
+        return self.enc_ln(x), mask
+
+    def cross_kv(self, memory):
+        """Cross-attention keys/values of every decoder layer, computed once per query."""
+        return [layer.cross_attn.keys_values(memory) for layer in self.decoder]
+
+    def decode(self, dec_tokens, memory_mask, cross_kv, key=None):
+        """dec_tokens [B, T] -> logits [B, T, V] (causal)."""
+        t = dec_tokens.shape[1]
+        y = self.embed(dec_tokens) + self.dec_pos[:t]
+        keys = jax.random.split(key, len(self.decoder) + 1) if key is not None else [None] * (len(self.decoder) + 1)
+        y = dropout(y, self.cfg.dropout, keys[-1])
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        cm = memory_mask[:, None, None, :]
+        for layer, kv, k in zip(self.decoder, cross_kv, keys):
+            y = layer(y, causal, cm, kv, k)
+        return self.out(self.dec_ln(y))
+
+    def __call__(self, enc_tokens, dec_tokens, key=None):
+        k1, k2 = jax.random.split(key) if key is not None else (None, None)
+        memory, mask = self.encode(enc_tokens, k1)
+        return self.decode(dec_tokens, mask, self.cross_kv(memory), k2)

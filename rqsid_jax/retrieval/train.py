@@ -1,0 +1,232 @@
+"""Retriever training: grain batches by length, optax warm-up + inverse-sqrt, data-parallel,
+periodic validation with best-checkpoint selection and early stopping, orbax resume."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rqsid_jax import checkpointing, sharding
+from rqsid_jax.data.dataset import Split
+from rqsid_jax.errors import ConfigError, TrainingError
+from rqsid_jax.retrieval import evaluate
+from rqsid_jax.retrieval.data import Collator, default_buckets, eval_examples, train_examples
+from rqsid_jax.retrieval.model import ModelConfig, Seq2Seq
+from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # TIGER's size.
+    c.d_model = 128
+    c.num_heads = 6
+    c.head_dim = 64
+    c.mlp_dim = 1024
+    c.encoder_layers = 4
+    c.decoder_layers = 4
+    c.dropout = 0.1
+    c.num_user_tokens = 2000
+    c.max_history = 20
+    # Training.
+    c.batch_size = 256
+    c.learning_rate = 1e-3
+    c.warmup_steps = 1000
+    c.weight_decay = 0.01
+    c.num_steps = 20000
+    c.loss = "ce"  # ce | focal | mile
+    c.gamma = 2.0  # focal / MiLe exponent
+    c.seed = 0
+    c.checkpoint_every = 1000
+    c.eval_every = 1000
+    c.eval_users = 4000  # validation users used for model selection (0 = all)
+    c.eval_beam = 20
+    c.patience = 5  # evaluations without improvement before stopping (0 = never)
+    c.log_every = 100
+    c.data_threads = 2
+    return c
+
+
+def schedule(cfg) -> optax.Schedule:
+    """Linear warm-up, then inverse square-root decay (TIGER)."""
+    w = max(cfg.warmup_steps, 1)
+
+    def lr(step):
+        step = jnp.maximum(step, 1)
+        return cfg.learning_rate * jnp.minimum(step / w, jnp.sqrt(w / step))
+
+    return lr
+
+
+def token_loss(logits, target, kind: str, gamma: float):
+    """Per-token loss [B, T]: cross-entropy, focal (1-p)^g * CE, or MiLe H(p)^g * CE.
+
+    MiLe scales each token's cross-entropy by the entropy of the predicted distribution raised
+    to gamma (Su et al., NAACL 2024 Findings), treated as a weight (no gradient through H).
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+    if kind == "ce":
+        return -lp
+    if kind == "focal":
+        return -((1.0 - jnp.exp(lp)) ** gamma) * lp
+    if kind == "mile":
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        return -jax.lax.stop_gradient(ent ** gamma) * lp
+    raise ConfigError(f"retriever.loss='{kind}' is not ce, focal or mile")
+
+
+@dataclasses.dataclass
+class Retriever:
+    """Everything needed to decode: model structure, SID vocabulary and prefix index."""
+
+    graphdef: nnx.GraphDef
+    vocab: SidVocab
+    item_tok: np.ndarray
+    index: PrefixIndex
+    buckets: list[int]
+
+
+def build(cfg, sids: np.ndarray, seed: int = 0):
+    vocab = SidVocab.from_sids(sids, cfg.num_user_tokens)
+    item_tok = item_tokens(sids, vocab)
+    index = PrefixIndex.build(item_tok)
+    buckets = default_buckets(vocab, cfg.max_history)
+    mc = ModelConfig(vocab.size, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.encoder_layers,
+                     cfg.decoder_layers, cfg.dropout, buckets[-1], vocab.max_sid_tokens + 1)
+    model = Seq2Seq(mc, nnx.Rngs(seed))
+    graphdef, params = nnx.split(model)
+    return Retriever(graphdef, vocab, item_tok, index, buckets), params
+
+
+def make_train_step(r: Retriever, cfg, tx):
+    def loss_fn(params, batch, key):
+        model = nnx.merge(r.graphdef, params)
+        tgt = batch["target"]
+        dec_in = jnp.concatenate([jnp.full((tgt.shape[0], 1), BOS, tgt.dtype), tgt[:, :-1]], axis=1)
+        logits = model(batch["encoder"], dec_in, key)
+        tl = token_loss(logits, tgt, cfg.loss, cfg.gamma)
+        w = (tgt != PAD) * batch["weight"][:, None]
+        return jnp.sum(tl * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    def step(state, batch, key):
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        updates, opt = tx.update(grads, state["opt_state"], state["params"])
+        new = dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt,
+                   step=state["step"] + 1)
+        ok = jnp.isfinite(loss)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        return new, loss
+
+    return step
+
+
+def make_eval_loss(r: Retriever, cfg):
+    def f(params, batch):
+        model = nnx.merge(r.graphdef, params)
+        tgt = batch["target"]
+        dec_in = jnp.concatenate([jnp.full((tgt.shape[0], 1), BOS, tgt.dtype), tgt[:, :-1]], axis=1)
+        tl = token_loss(model(batch["encoder"], dec_in), tgt, "ce", 0.0)
+        w = (tgt != PAD) * batch["weight"][:, None]
+        return jnp.sum(tl * w), jnp.sum(w)
+
+    return f
+
+
+def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str] = None, mesh=None,
+                    log: Optional[Callable[[dict], None]] = None, progress: bool = True,
+                    stop_after: Optional[int] = None):
+    """Trains on sliding windows of the training parts. Returns (Retriever, best params, history)."""
+    mesh = mesh or sharding.data_mesh()
+    if cfg.batch_size % mesh.size:
+        raise ConfigError(f"retriever.batch_size={cfg.batch_size} is not a multiple of the {mesh.size} devices")
+    r, params = build(cfg, sids, cfg.seed)
+    tx = optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
+             "best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}
+    state = sharding.replicate(state, mesh)
+    train = Collator(train_examples(split, r.vocab, cfg.max_history), r.item_tok, r.buckets, cfg.batch_size)
+    steps_per_epoch = len(train.plan(cfg.seed, 0))
+    val = eval_examples(split, r.vocab, "validation", cfg.max_history)
+    if cfg.eval_users and cfg.eval_users < len(val):
+        pick = np.sort(np.random.default_rng([cfg.seed, 99]).permutation(len(val))[: cfg.eval_users])
+        val = type(val)(val.user_token[pick], val.history[pick], val.target[pick], val.user[pick])
+    mngr = checkpointing.manager(os.path.join(ckpt_dir, "last")) if ckpt_dir else None
+    best_mngr = checkpointing.manager(os.path.join(ckpt_dir, "best"), max_to_keep=1) if ckpt_dir else None
+    start = 0
+    if mngr is not None:
+        state, restored = checkpointing.restore(mngr, state)
+        start = int(restored or 0)
+        if start:
+            logging.info("retriever: resumed from step %d", start)
+    best_params = state["params"]
+    if best_mngr is not None and best_mngr.latest_step() is not None:
+        best_params, _ = checkpointing.restore(best_mngr, state["params"])
+    step_fn = jax.jit(make_train_step(r, cfg, tx), donate_argnums=0)
+    key = jax.random.key(cfg.seed)
+    end = cfg.num_steps if stop_after is None else min(stop_after, cfg.num_steps)
+    history, t0, seen = [], time.time(), 0
+    losses = []
+    bar = tqdm(total=end, initial=start, desc="retriever", disable=not progress)
+    step = start
+    stopped_early = False
+    while step < end and not stopped_early:
+        epoch, offset = divmod(step, steps_per_epoch)
+        plan = train.plan(cfg.seed, epoch)
+        for batch in train.dataset(plan, offset, cfg.data_threads):
+            if step >= end:
+                break
+            b = sharding.shard_batch({k: batch[k] for k in ("encoder", "target", "weight")}, mesh)
+            state, loss = step_fn(state, b, jax.random.fold_in(key, step))
+            losses.append(loss)
+            seen += int(batch["weight"].sum())
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                vals = np.asarray(jax.device_get(losses))
+                losses = []
+                if not np.isfinite(vals).all():
+                    raise TrainingError(f"retriever: non-finite loss before step {step}; "
+                                        f"last good checkpoint kept at step {mngr.latest_step() if mngr else None}")
+                bar.set_postfix(loss=f"{vals.mean():.3f}")
+                if log:
+                    log({"step": step, "train_loss": float(vals.mean()),
+                         "samples_per_s": seen / (time.time() - t0)})
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == end):
+                k_sel = min(10, cfg.eval_beam)  # model selection on validation NDCG@10
+                m = evaluate.evaluate(r, state["params"], val, beam=cfg.eval_beam, ks=sorted({min(5, k_sel), k_sel}),
+                                      batch_size=256, progress=False)
+                score = m["metrics"][f"ndcg@{k_sel}"]
+                improved = score > float(state["best"])
+                state["best"] = jnp.float32(max(score, float(state["best"])))
+                state["bad_evals"] = jnp.int32(0 if improved else int(state["bad_evals"]) + 1)
+                if improved:
+                    best_params = jax.tree.map(jnp.copy, state["params"])
+                    if best_mngr is not None:
+                        checkpointing.save(best_mngr, step, best_params)
+                rec = {"step": step, "epoch": step / steps_per_epoch, "wall_s": time.time() - t0,
+                       **{f"val_{k}": v for k, v in m["metrics"].items()}, "improved": improved}
+                history.append(rec)
+                if log:
+                    log(rec)
+                if cfg.patience and int(state["bad_evals"]) >= cfg.patience:
+                    logging.info("retriever: early stop at step %d (no val NDCG@10 gain in %d evals)",
+                                 step, cfg.patience)
+                    stopped_early = True
+            if mngr and (step % cfg.checkpoint_every == 0 or step == end or stopped_early):
+                checkpointing.save(mngr, step, state)
+            if stopped_early:
+                break
+    bar.close()
+    if not cfg.eval_every:
+        best_params = state["params"]
+    return r, best_params, history

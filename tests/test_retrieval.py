@@ -1,0 +1,167 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rqsid_jax import sharding
+from rqsid_jax.data.dataset import SequenceDataset, ItemTable
+from rqsid_jax.errors import DataError
+from rqsid_jax.retrieval import evaluate
+from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
+from rqsid_jax.retrieval.data import Collator, eval_examples, query_examples, train_examples
+from rqsid_jax.retrieval.metrics import recall_ndcg
+from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
+from rqsid_jax.retrieval.train import build, default_config, make_train_step, schedule, train_retriever
+from rqsid_jax.sid.mitigations import top_k_removal
+
+
+def tiny_cfg(**kw):
+    c = default_config()
+    base = dict(d_model=32, num_heads=2, head_dim=8, mlp_dim=64, encoder_layers=1, decoder_layers=1,
+                batch_size=32, num_steps=24, warmup_steps=5, eval_every=12, eval_users=0, eval_beam=5,
+                checkpoint_every=12, log_every=6, patience=0, data_threads=1, num_user_tokens=16)
+    c.update({**base, **kw})
+    return c
+
+
+def _catalogue(n=12, m=4, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = np.array(list(itertools.product(range(m), range(m), range(m))))[rng.permutation(m ** 3)[:n]]
+    return np.concatenate([codes, np.zeros((n, 1), int)], 1).astype(np.int32)
+
+
+def _split(n_items=12, users=40, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(0, n_items, rng.integers(4, 9)).astype(np.int32) for _ in range(users)]
+    ds = SequenceDataset("t", ItemTable.bare([str(i) for i in range(n_items)]), [f"u{i}" for i in range(users)], seqs)
+    return ds.split(buckets=16)
+
+
+def _brute_force(r, params, enc):
+    """Log-probability of every catalogue SID by teacher forcing."""
+    from flax import nnx
+    model = nnx.merge(r.graphdef, params)
+    tgt = jnp.asarray(r.item_tok)
+    n = tgt.shape[0]
+    dec_in = jnp.concatenate([jnp.full((n, 1), BOS), tgt[:, :-1]], 1)
+    logits = model(jnp.repeat(enc, n, axis=0), dec_in)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1)[..., 0]
+    return np.asarray(jnp.sum(jnp.where(tgt != PAD, lp, 0.0), 1))
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_constrained_beam_equals_brute_force_top_k(variable):
+    sids = _catalogue()
+    if variable:
+        sids = top_k_removal(sids[:, :3], 4, 2).sids
+    r, params = build(tiny_cfg(), sids, seed=3)
+    enc = jnp.asarray([[r.vocab.user_offset + 1] + list(r.item_tok[2][r.item_tok[2] != PAD]) + [PAD] * 3], jnp.int32)
+    ix = DeviceIndex.from_index(r.index)
+    beam = len(sids)  # wide enough to be exhaustive at every depth
+    _, scores, items = run_beam(r.graphdef, params, enc, ix, beam)
+    brute = _brute_force(r, params, enc)
+    order = np.argsort(-brute, kind="stable")
+    np.testing.assert_array_equal(np.asarray(items[0]), order)
+    np.testing.assert_allclose(np.asarray(scores[0]), brute[order], rtol=1e-4, atol=1e-4)
+    # A beam wider than the catalogue: extra slots are -1 with -inf-like scores.
+    _, s2, it2 = run_beam(r.graphdef, params, enc, ix, beam + 3)
+    assert (np.asarray(it2[0, beam:]) == -1).all() and (np.asarray(s2[0, beam:]) < -1e29).all()
+
+
+def test_constrained_never_invalid_unconstrained_measured():
+    sids = _catalogue(n=20)
+    r, params = build(tiny_cfg(), sids, seed=1)
+    sp = _split(n_items=20)
+    ex = eval_examples(sp, r.vocab, "test")
+    items, tokens, _ = evaluate.generate(r, params, ex, beam=8, progress=False)
+    assert (items >= 0).all()
+    for i in range(len(ex)):
+        for j in range(8):
+            assert r.index.lookup(tokens[i, j]) == items[i, j]
+    inv = evaluate.invalid_ratio(r, params, ex, beam=8, ks=(1, 5), progress=False)
+    assert 0.0 <= inv["invalid@1"] <= 1.0 and inv["invalid@5"] > 0.0  # an untrained model hallucinates
+
+
+def test_metrics_by_hand():
+    preds = np.array([[3, 1, 2], [0, 5, 6], [7, 8, 9]])
+    tgt = np.array([1, 0, 4])
+    m = recall_ndcg(preds, tgt, ks=(1, 2, 3))
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(2 / 3)
+    assert m["ndcg@1"] == pytest.approx(1 / 3)
+    assert m["ndcg@3"] == pytest.approx((1 / np.log2(3) + 1) / 3)
+    assert recall_ndcg(preds, tgt, ks=(3,), mask=np.array([True, False, False]))["recall@3"] == 1.0
+
+
+def test_prefix_index_scales_without_dense_tables():
+    rng = np.random.default_rng(0)
+    codes = np.unique(rng.integers(0, 4096, (200_000, 3)), axis=0)
+    sids = np.concatenate([codes, np.zeros((len(codes), 1), int)], 1)
+    v = SidVocab.from_sids(sids)
+    ix = PrefixIndex.build(item_tokens(sids, v))
+    assert ix.num_nodes < 5 * len(codes) + 1  # linear in the catalogue, not 4096^3
+    assert ix.lookup(item_tokens(sids[123:124], v)[0]) == 123
+
+
+def test_training_examples_never_use_valid_or_test_targets():
+    sp = _split()
+    v = SidVocab.from_sids(_catalogue(), 16)
+    ex = train_examples(sp, v)
+    for u in range(sp.num_users):
+        rows = ex.user == u
+        assert ex.target[rows].tolist() == sp.train[u][1:].tolist()
+        assert rows.sum() == len(sp.train[u]) - 1
+    assert (ex.history < 12).all()
+
+
+def test_bad_queries():
+    v = SidVocab.from_sids(_catalogue(), 16)
+    with pytest.raises(DataError, match="query 1: unknown item index 99"):
+        query_examples([0, 1], [[1, 2], [99]], v, 12)
+    ex = query_examples([0], [[]], v, 12)  # empty history: the user token alone
+    col = Collator(ex, item_tokens(_catalogue(), v), [16], 4)
+    b = col(np.array([0, -1, -1, -1]))
+    assert b["encoder"][0, 0] == v.user_offset and (b["encoder"][0, 1:] == PAD).all()
+
+
+def test_one_vs_eight_devices_same_loss():
+    sids = _catalogue()
+    cfg = tiny_cfg(dropout=0.0)
+    r, params = build(cfg, sids)
+    sp = _split()
+    col = Collator(train_examples(sp, r.vocab), r.item_tok, r.buckets, 32)
+    batch = col(col.plan(0, 0)[0])
+    import optax
+    tx = optax.adamw(schedule(cfg))
+    step = jax.jit(make_train_step(r, cfg, tx))
+    losses = []
+    for n in (1, 8):
+        mesh = sharding.data_mesh(n)
+        st = sharding.replicate({"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}, mesh)
+        b = sharding.shard_batch({k: batch[k] for k in ("encoder", "target", "weight")}, mesh)
+        _, loss = step(st, b, jax.random.key(0))
+        losses.append(float(loss))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    sids, sp = _catalogue(), _split()
+    _, full, _ = train_retriever(tiny_cfg(eval_every=0), sids, sp, str(tmp_path / "a"), progress=False)
+    train_retriever(tiny_cfg(eval_every=0), sids, sp, str(tmp_path / "b"), stop_after=12, progress=False)
+    _, resumed, _ = train_retriever(tiny_cfg(eval_every=0), sids, sp, str(tmp_path / "b"), progress=False)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_learns_and_selects_best(tmp_path):
+    sids = _catalogue()
+    # Deterministic sequences: item i is always followed by item (i + 1) % 12.
+    seqs = [np.array([(s + k) % 12 for k in range(8)], np.int32) for s in range(12) for _ in range(6)]
+    ds = SequenceDataset("t", ItemTable.bare([str(i) for i in range(12)]), [f"u{i}" for i in range(72)], seqs)
+    sp = ds.split(buckets=16)
+    cfg = tiny_cfg(num_steps=200, eval_every=100, learning_rate=3e-3, warmup_steps=10)
+    r, best, hist = train_retriever(cfg, sids, sp, str(tmp_path), progress=False)
+    res = evaluate.evaluate(r, best, eval_examples(sp, r.vocab, "test"), beam=5, ks=(1, 5), progress=False)
+    assert res["metrics"]["recall@5"] >= 0.75  # chance is 5/12
+    assert max(h["val_ndcg@5"] for h in hist) > 0.5 and sum(h["improved"] for h in hist) >= 1
