@@ -4,6 +4,7 @@ import os
 import ml_collections
 
 from rqsid_jax.quantization.train import default_config as rqvae_config
+from rqsid_jax.retrieval.train import default_config as retriever_config
 
 DEFAULT_DATA_DIR = os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014")
 
@@ -16,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.interactions = ""  # data_format=user: 'user,item[,timestamp]' file
     c.min_count = 5  # k-core for raw input
     c.seed = 0
-    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
 
     c.embeddings = ml_collections.ConfigDict()
     c.embeddings.method = "auto"  # auto | wordllama | sentence_transformers | npy | collaborative | given
@@ -35,4 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.hourglass.run_synthetic = True
     c.hourglass.synthetic = ml_collections.ConfigDict(dict(
         n=20000, dim=32, levels=3, codebook_size=64, clusters=500, zipf_a=1.2, seed=0, iters=20))
+
+    c.retriever = retriever_config()
+    c.retriever.sids = "baseline"  # or a mitigation: remove_layer2 | swap12 | top@K (K in hourglass.top_ks)
+
+    c.evaluation = ml_collections.ConfigDict()
+    c.evaluation.splits = ("validation", "test")
+    c.evaluation.beam = 50  # Recall/NDCG up to @50
+    c.evaluation.batch_size = 256
+    c.evaluation.given_layer1 = True  # the paper's Table 1 probe
+    c.evaluation.invalid_users = 2000  # unconstrained decoding on this many test users (0 = skip)
     return c

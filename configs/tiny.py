@@ -23,4 +23,10 @@ def get_config():
     c.hourglass.top_ks = (2, 4)
     c.hourglass.synthetic = dict(n=2000, dim=8, levels=3, codebook_size=16, clusters=50, zipf_a=1.2, seed=0,
                                  iters=5)
+    t = c.retriever
+    t.update(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, encoder_layers=1, decoder_layers=1,
+             batch_size=64, num_steps=60, warmup_steps=10, eval_every=30, eval_users=0, eval_beam=10,
+             checkpoint_every=30, log_every=10, patience=0, data_threads=1)
+    c.evaluation.beam = 20
+    c.evaluation.invalid_users = 50
     return c

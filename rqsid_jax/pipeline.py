@@ -25,7 +25,7 @@ from rqsid_jax.data import load_dataset
 from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.errors import ConfigError
 
-STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
 # Which config sections each stage depends on (besides its upstream stages).
 STAGE_KEYS = {
     "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
@@ -33,9 +33,11 @@ STAGE_KEYS = {
     "tokenizer": ("tokenizer", "rqvae", "rqkmeans", "seed"),
     "sids": (),
     "hourglass": ("hourglass",),
+    "retriever": ("retriever",),
+    "evaluation": ("evaluation",),
 }
 UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
-            "hourglass": ("sids",)}
+            "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",)}
 
 
 def _jsonable(v):
@@ -216,8 +218,84 @@ def stage_hourglass(ctx: Context) -> dict:
             if m["synthetic"] else None}
 
 
+def retriever_sids(ctx: Context) -> np.ndarray:
+    """The SID set the retriever uses: 'baseline' or a mitigation saved by the hourglass stage."""
+    name = ctx.config.retriever.sids
+    if name == "baseline":
+        return np.load(os.path.join(ctx.dir("sids"), "sids.npy"))
+    path = os.path.join(ctx.dir("hourglass"), f"sids_{name.replace('@', '_at_')}.npy")
+    if not os.path.exists(path):
+        raise ConfigError(f"retriever.sids='{name}': no {path}; add it to hourglass.top_ks or pick another set")
+    return np.load(path)
+
+
+def stage_retriever(ctx: Context) -> dict:
+    from rqsid_jax.retrieval.train import train_retriever
+
+    d = ctx.dir("retriever")
+    writer = _tb_writer(ctx, "retriever")
+
+    def log(m):
+        if writer is not None:
+            for k, v in m.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    writer.add_scalar(f"retriever/{k}", v, m["step"])
+            writer.flush()
+
+    t = time.time()
+    _, _, history = train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split,
+                                    os.path.join(d, "checkpoints"), ctx.mesh, log=log, progress=ctx.progress)
+    write_json(os.path.join(d, "history.json"), history)
+    best = max(history, key=lambda h: h.get("val_ndcg@10", -1)) if history else {}
+    return {"seconds": time.time() - t, "evaluations": len(history), "best": best,
+            "last_step": history[-1]["step"] if history else None}
+
+
+def stage_evaluation(ctx: Context) -> dict:
+    from rqsid_jax import checkpointing
+    from rqsid_jax.retrieval import evaluate
+    from rqsid_jax.retrieval.data import eval_examples
+    from rqsid_jax.retrieval.train import build
+
+    c = ctx.config.evaluation
+    rc = ctx.config.retriever
+    r, params = build(rc, retriever_sids(ctx), rc.seed)
+    params, step = checkpointing.restore(
+        checkpointing.manager(os.path.join(ctx.dir("retriever"), "checkpoints", "best"), max_to_keep=1), params)
+    if step is None:
+        raise ConfigError(f"{ctx.dir('retriever')}: no best retriever checkpoint")
+    codes = np.load(os.path.join(ctx.dir("sids"), "codes.npy"))
+    head = np.load(os.path.join(ctx.dir("hourglass"), "head_tokens_layer2.npy"))
+    out = {"checkpoint_step": int(step)}
+    d = ctx.dir("evaluation")
+    items = ctx.dataset.items
+    for which in c.splits:
+        ex = eval_examples(ctx.split, r.vocab, which, rc.max_history)
+        res = evaluate.evaluate(r, params, ex, c.beam, head_tokens=head, layer2_codes=codes[:, 1],
+                                batch_size=c.batch_size, progress=ctx.progress)
+        out[which] = {"all": res["metrics"], "head": res["head"], "tail": res["tail"]}
+        if which == "test":
+            ids = np.asarray(items.ids)
+            pred = res["predictions"][:, :50]
+            np.savez(os.path.join(d, "predictions_test.npz"), user_ids=np.asarray(ctx.split.user_ids),
+                     top50_item_ids=np.where(pred >= 0, ids[np.maximum(pred, 0)], ""),
+                     target_item_id=ids[ex.target], top50_rows=pred, target_row=ex.target)
+            if c.given_layer1:
+                g = evaluate.evaluate(r, params, ex, c.beam, given_first=True, batch_size=c.batch_size,
+                                      progress=ctx.progress)
+                out["test_given_layer1"] = g["metrics"]
+            if c.invalid_users:
+                sub = np.arange(min(c.invalid_users, len(ex)))
+                exs = type(ex)(ex.user_token[sub], ex.history[sub], ex.target[sub], ex.user[sub])
+                out["test_unconstrained_invalid"] = evaluate.invalid_ratio(r, params, exs, c.beam,
+                                                                           batch_size=c.batch_size,
+                                                                           progress=ctx.progress)
+    return out
+
+
 STAGE_FNS = {"data": stage_data, "embeddings": stage_embeddings, "tokenizer": stage_tokenizer,
-             "sids": stage_sids, "hourglass": stage_hourglass}
+             "sids": stage_sids, "hourglass": stage_hourglass, "retriever": stage_retriever,
+             "evaluation": stage_evaluation}
 
 
 def _tb_writer(ctx: Context, stage: str):

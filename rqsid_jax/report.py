@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
 
 
 def _fmt(v):

@@ -160,8 +160,8 @@ def test_training_learns_and_selects_best(tmp_path):
     seqs = [np.array([(s + k) % 12 for k in range(8)], np.int32) for s in range(12) for _ in range(6)]
     ds = SequenceDataset("t", ItemTable.bare([str(i) for i in range(12)]), [f"u{i}" for i in range(72)], seqs)
     sp = ds.split(buckets=16)
-    cfg = tiny_cfg(num_steps=200, eval_every=100, learning_rate=3e-3, warmup_steps=10)
+    cfg = tiny_cfg(num_steps=200, eval_every=100, learning_rate=3e-3, warmup_steps=10, max_history=4)
     r, best, hist = train_retriever(cfg, sids, sp, str(tmp_path), progress=False)
-    res = evaluate.evaluate(r, best, eval_examples(sp, r.vocab, "test"), beam=5, ks=(1, 5), progress=False)
+    res = evaluate.evaluate(r, best, eval_examples(sp, r.vocab, "test", 4), beam=5, ks=(1, 5), progress=False)
     assert res["metrics"]["recall@5"] >= 0.75  # chance is 5/12
     assert max(h["val_ndcg@5"] for h in hist) > 0.5 and sum(h["improved"] for h in hist) >= 1
