@@ -37,10 +37,6 @@ class DeviceIndex:
                    ix.depth)
 
 
-def _repeat(x, beam):
-    return jnp.repeat(x, beam, axis=0)
-
-
 def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: bool = True,
                 first_token: Optional[jax.Array] = None):
     """Returns (tokens [B, beam, T], scores [B, beam], items [B, beam]; -1 = invalid/no SID).
@@ -50,14 +46,14 @@ def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: b
     B = enc_tokens.shape[0]
     T = index.depth
     memory, mask = model.encode(enc_tokens)
-    kv = [(_repeat(k, beam), _repeat(v, beam)) for k, v in model.cross_kv(memory)]
-    mask_b = _repeat(mask, beam)
+    kv = model.cross_kv(memory)  # [B, S, h, dh] per layer, shared by the beams of a query
     tokens = jnp.full((B, beam, T + 1), PAD, jnp.int32).at[:, :, 0].set(BOS)
     scores = jnp.full((B, beam), NEG_INF).at[:, 0].set(0.0)  # one live beam at the start
     node = jnp.zeros((B, beam), jnp.int32)
     b_idx = jnp.arange(B)[:, None]
+    cache = model.init_cache(B * beam)
     for t in range(T):
-        logits = model.decode(tokens[:, :, : t + 1].reshape(B * beam, t + 1), mask_b, kv)[:, t]
+        logits, cache = model.decode_step(tokens[:, :, t].reshape(B * beam), t, cache, mask, kv, group=beam)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(B, beam, -1)
         if constrained:
             K = index.max_children[t]
@@ -81,6 +77,9 @@ def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: b
         new_tok = ctok.reshape(B, beam * K)[b_idx, top_i]
         node = cnode.reshape(B, beam * K)[b_idx, top_i]
         tokens = tokens[b_idx, parent].at[:, :, t + 1].set(new_tok)
+        # caches follow their beams: row (b, k) continues beam parent[b, k]
+        rows = (jnp.arange(B)[:, None] * beam + parent).reshape(-1)
+        cache = [(k[rows], v[rows]) for k, v in cache]
         scores = top_s
     alive = scores > NEG_INF / 2
     items = jnp.where(alive, index.leaf_item[node], -1) if constrained else jnp.full((B, beam), -1)

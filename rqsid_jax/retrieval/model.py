@@ -54,11 +54,24 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         q = self.q(x).reshape(b, t, self.h, self.dh)
         k, v = kv if kv is not None else self.keys_values(x if ctx is None else ctx)
-        logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(self.dh).astype(x.dtype)
-        logits = jnp.where(mask, logits, NEG)
-        w = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, t, self.h * self.dh)
-        return self.o(out)
+        return self._attend(q, k, v, mask)
+
+
+    def step(self, x, cache, t: int):
+        """One new position t with a self-attention cache (k, v) [B, Tmax, h, dh]; returns (out, cache)."""
+        b = x.shape[0]
+        q = self.q(x).reshape(b, 1, self.h, self.dh)
+        k_new, v_new = self.keys_values(x)
+        k = cache[0].at[:, t].set(k_new[:, 0])
+        v = cache[1].at[:, t].set(v_new[:, 0])
+        mask = (jnp.arange(k.shape[1]) <= t)[None, None, None, :]
+        return self._attend(q, k, v, mask), (k, v)
+
+    def _attend(self, q, k, v, mask):
+        b, t = q.shape[:2]
+        logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(self.dh).astype(q.dtype)
+        w = jax.nn.softmax(jnp.where(mask, logits, NEG), axis=-1)
+        return self.o(jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, t, self.h * self.dh))
 
 
 class MLP(nnx.Module):
@@ -93,6 +106,17 @@ class DecoderLayer(nnx.Module):
         y = y + dropout(self.self_attn(self.ln1(y), self_mask), self.rate, k[0])
         y = y + dropout(self.cross_attn(self.ln2(y), cross_mask, kv=cross_kv), self.rate, k[1])
         return y + dropout(self.mlp(self.ln3(y), self.rate, k[2]), self.rate, k[3])
+
+
+def _decoder_layer_step(layer, y, cache, t, cross_mask, cross_kv, group):
+    a, cache = layer.self_attn.step(layer.ln1(y), cache, t)
+    y = y + a
+    # The `group` beams of one query share its memory: they are the query axis of a single
+    # cross-attention, so the memory is never copied per beam.
+    n, _, d = y.shape
+    c = layer.cross_attn(layer.ln2(y).reshape(n // group, group, d), cross_mask, kv=cross_kv)
+    y = y + c.reshape(n, 1, d)
+    return y + layer.mlp(layer.ln3(y), 0.0, None), cache
 
 
 class Seq2Seq(nnx.Module):
@@ -133,6 +157,23 @@ class Seq2Seq(nnx.Module):
         for layer, kv, k in zip(self.decoder, cross_kv, keys):
             y = layer(y, causal, cm, kv, k)
         return self.out(self.dec_ln(y))
+
+    def init_cache(self, n: int):
+        """Empty self-attention caches for n decoding sequences."""
+        shape = (n, self.cfg.max_decoder_len, self.cfg.num_heads, self.cfg.head_dim)
+        return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in self.decoder]
+
+    def decode_step(self, token, t: int, cache, memory_mask, cross_kv, group: int = 1):
+        """Inference: token [N] at position t -> (logits [N, V], cache). Same function as decode()
+        restricted to the last position, without recomputing the prefix. Rows come in groups of
+        `group` consecutive rows (beams) per memory row of memory_mask / cross_kv."""
+        y = self.embed(token[:, None]) + self.dec_pos[t]
+        cm = memory_mask[:, None, None, :]
+        new = []
+        for layer, kv, c in zip(self.decoder, cross_kv, cache):
+            y, c = _decoder_layer_step(layer, y, c, t, cm, kv, group)
+            new.append(c)
+        return self.out(self.dec_ln(y))[:, 0], new
 
     def __call__(self, enc_tokens, dec_tokens, key=None):
         k1, k2 = jax.random.split(key) if key is not None else (None, None)
