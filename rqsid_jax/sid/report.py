@@ -10,7 +10,7 @@ import numpy as np
 from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
 
-def _table(rows: list[dict], cols: Sequence[str], fmt: str = "{:.4g}") -> str:
+def markdown_table(rows: list[dict], cols: Sequence[str], fmt: str = "{:.4g}") -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = ""
     for r in rows:
@@ -71,22 +71,22 @@ def render(m: dict, title: str) -> str:
                if b["hourglass"] else "**No** - layer 2 is not more concentrated than both layers 1 and 3.")
     s = f"# {title}\n\n{b['items']} items, {L} layers x {b['codebook_size']} codes.\n\n"
     s += f"Hourglass on this data: {verdict}\n\n## Per-layer token distribution (baseline)\n\n"
-    s += _table(b["layers"], LAYER_COLS) + "\n"
-    s += "## Path sparsity\n\n" + _table(b["paths"], ["depth", "distinct_prefixes", "possible", "occupancy",
+    s += markdown_table(b["layers"], LAYER_COLS) + "\n"
+    s += "## Path sparsity\n\n" + markdown_table(b["paths"], ["depth", "distinct_prefixes", "possible", "occupancy",
                                                        "branching_mean", "branching_min", "branching_max"]) + "\n"
     ht = b["head_tail"]
     s += (f"## Head/tail split of layer-2 tokens\n\nHead = the {ht['num_head_tokens']} most frequent layer-2 "
           f"tokens holding >= {ht['head_share']:.0%} of items: {ht['head_items']} head items, "
           f"{ht['tail_items']} tail items (saved as `head_tokens_layer2.npy`).\n\n")
     if "residual_norms" in b:
-        s += "## Residual norms per layer (input of each layer)\n\n" + _table(
+        s += "## Residual norms per layer (input of each layer)\n\n" + markdown_table(
             b["residual_norms"], ["layer", "mean", "std", "q05", "q25", "q50", "q75", "q95"]) + "\n"
     s += "## Mitigations\n\nEach SID set is followed by collision resolution (a last token numbering items that " \
          "share the visible tokens), so every item stays unique.\n\n"
-    s += _table(m["mitigations"], ["name", "capacity", "unique", "mean_tokens", "shortened_items",
+    s += markdown_table(m["mitigations"], ["name", "capacity", "unique", "mean_tokens", "shortened_items",
                                    "items_with_collision_token", "max_collision_token"]) + "\n"
     for mi in m["mitigations"]:
-        s += f"### {mi['name']}\n\n" + _table(mi["layers"], LAYER_COLS[:5] + ["utilization", "top10pct_share", "items_with_token"]) + "\n"
+        s += f"### {mi['name']}\n\n" + markdown_table(mi["layers"], LAYER_COLS[:5] + ["utilization", "top10pct_share", "items_with_token"]) + "\n"
     if m.get("synthetic"):
         syn = m["synthetic"]
         s += "## Synthetic experiment (paper section 4.2)\n\n"
@@ -97,7 +97,7 @@ def render(m: dict, title: str) -> str:
                 rows.append({"input": kind, "layer": r["layer"], "entropy_bits": r["entropy_bits"],
                              "gini": r["gini"], "top10pct_share": r["top10pct_share"],
                              "layer2_more_concentrated": syn[kind]["hourglass"] if r["layer"] == 2 else ""})
-        s += _table(rows, ["input", "layer", "entropy_bits", "gini", "top10pct_share", "layer2_more_concentrated"])
+        s += markdown_table(rows, ["input", "layer", "entropy_bits", "gini", "top10pct_share", "layer2_more_concentrated"])
         s += "\n"
     s += "## Figures\n\n" + "".join(f"- [{k}]({v})\n![{k}]({v})\n" for k, v in m["figures"].items())
     return s
