@@ -19,6 +19,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's art
 _STAGES = flags.DEFINE_list("stages", None, "Subset of stages to run (default: the config's stages).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pod / multi-GPU).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+_PARTIAL = flags.DEFINE_bool("partial", False, "Allow stages to use upstream stages that were stopped early "
+                             "(e.g. evaluate the best checkpoint of an interrupted training).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,7 +35,8 @@ def main(argv):
     from rqsid_jax import pipeline
 
     try:
-        results = pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, progress=_PROGRESS.value)
+        results = pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, progress=_PROGRESS.value,
+                               partial=_PARTIAL.value)
     except RqsidError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

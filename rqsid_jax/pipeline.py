@@ -308,8 +308,12 @@ def _tb_writer(ctx: Context, stage: str):
 # ------------------------------------------------------------------ driver
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequence[str]] = None,
-        progress: bool = True) -> dict:
-    """Runs `stages` (default: all) in order, skipping finished ones. Returns metrics per stage."""
+        progress: bool = True, partial: bool = False) -> dict:
+    """Runs `stages` (default: all) in order, skipping finished ones. Returns metrics per stage.
+
+    partial=True lets a stage use an upstream stage that was stopped before it finished (e.g.
+    evaluate the best checkpoint of an interrupted training); its metrics record which.
+    """
     wanted = list(stages) if stages else [s for s in STAGES if s in config.stages]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
@@ -321,10 +325,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
             json.dump(_jsonable(config), f, indent=1)
     results = {}
     for stage in [s for s in STAGES if s in wanted]:
+        incomplete = []
         for up in UPSTREAM[stage]:
             if up not in wanted and not ctx.is_done(up):
-                raise ConfigError(f"stage '{stage}' needs stage '{up}' to be complete in {workdir} "
-                                  f"for this config; include it in --stages")
+                if not partial:
+                    raise ConfigError(f"stage '{stage}' needs stage '{up}' to be complete in {workdir} "
+                                      f"for this config; include it in --stages (or --partial)")
+                logging.warning("stage %s: upstream stage %s is incomplete (--partial)", stage, up)
+                incomplete.append(up)
         d = ctx.dir(stage)
         if ctx.is_done(stage):
             logging.info("stage %s: up to date, skipped", stage)
@@ -342,6 +350,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
         t = time.time()
         metrics = STAGE_FNS[stage](ctx)
         metrics["wall_seconds"] = time.time() - t
+        if incomplete:
+            metrics["incomplete_upstream"] = incomplete
         if ctx.is_main:
             write_json(os.path.join(d, "metrics.json"), metrics)
             write_json(os.path.join(d, "stage.json"), {"fingerprint": ctx.fingerprint(stage), "complete": True})

@@ -51,11 +51,21 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     for s in pipeline.STAGES:
         json.load(open(wd / s / "metrics.json"))
     assert "hourglass/report.md" in open(wd / "report.md").read()
+    pred = np.load(wd / "evaluation" / "predictions_test.npz")
+    assert pred["top50_rows"].shape[0] == pred["target_item_id"].shape[0] == len(pred["user_ids"])
+    ev = json.load(open(wd / "evaluation" / "metrics.json"))
+    # The metrics can be recomputed from the saved predictions alone.
+    hits = (pred["top50_item_ids"][:, :10] == pred["target_item_id"][:, None]).any(1).mean()
+    assert abs(hits - ev["test"]["all"]["recall@10"]) < 1e-9
     assert os.listdir(wd / "tensorboard" / "tokenizer")
+
+
+TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
 
 
 def test_config_change_reruns_only_affected_stages(tmp_path):
     c = tiny.get_config()
+    c.stages = TOKENIZER_STAGES
     c.hourglass.run_synthetic = False
     wd = str(tmp_path)
     pipeline.run(c, wd, progress=False)
@@ -66,6 +76,7 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     pipeline.run(c, wd, progress=False)
     after = _mtimes(wd)
     assert all(after[s] == before[s] for s in ("data", "embeddings", "tokenizer", "sids"))
+    assert set(after) == set(TOKENIZER_STAGES)
     assert after["hourglass"] != before["hourglass"]
     assert os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_3.npy"))
     assert not os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_2.npy"))  # old run cleared
@@ -73,6 +84,7 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
 
 def test_rqkmeans_tokenizer_and_stage_errors(tmp_path):
     c = tiny.get_config()
+    c.stages = TOKENIZER_STAGES
     c.tokenizer = "rqkmeans"
     c.hourglass.run_synthetic = False
     r = pipeline.run(c, str(tmp_path), progress=False)
@@ -89,3 +101,15 @@ def test_launcher_errors_are_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: /nonexistent: no data for 'tiny'")
     r = subprocess.run(_launch(tmp_path, "--config.no_such_field=1"), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "no_such_field" in r.stderr
+
+
+def test_partial_uses_stopped_upstream_and_records_it(tmp_path):
+    c = tiny.get_config()
+    c.stages = TOKENIZER_STAGES
+    wd = str(tmp_path)
+    pipeline.run(c, wd, stages=["data", "embeddings"], progress=False)
+    os.remove(os.path.join(wd, "embeddings", "stage.json"))  # as if stopped after writing its artifact
+    with pytest.raises(ConfigError, match="--partial"):
+        pipeline.run(c, wd, stages=["tokenizer"], progress=False)
+    r = pipeline.run(c, wd, stages=["tokenizer"], progress=False, partial=True)
+    assert r["tokenizer"]["incomplete_upstream"] == ["embeddings"]
