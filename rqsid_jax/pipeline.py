@@ -255,6 +255,7 @@ def stage_evaluation(ctx: Context) -> dict:
     from rqsid_jax import checkpointing
     from rqsid_jax.retrieval import evaluate
     from rqsid_jax.retrieval.data import eval_examples
+    from rqsid_jax.retrieval.metrics import KS, recall_ndcg
     from rqsid_jax.retrieval.train import build
 
     c = ctx.config.evaluation
@@ -280,14 +281,15 @@ def stage_evaluation(ctx: Context) -> dict:
             np.savez(os.path.join(d, "predictions_test.npz"), user_ids=np.asarray(ctx.split.user_ids),
                      top50_item_ids=np.where(pred >= 0, ids[np.maximum(pred, 0)], ""),
                      target_item_id=ids[ex.target], top50_rows=pred, target_row=ex.target)
-            if c.given_layer1:
-                g = evaluate.evaluate(r, params, ex, c.beam, given_first=True, batch_size=c.batch_size,
+            if c.given_layer1_users:  # the first users of the test split, a fixed subset
+                sub = ex.subset(np.arange(min(c.given_layer1_users, len(ex))))
+                g = evaluate.evaluate(r, params, sub, c.beam, given_first=True, batch_size=c.batch_size,
                                       progress=ctx.progress)
-                out["test_given_layer1"] = g["metrics"]
+                base = recall_ndcg(res["predictions"][: len(sub)], sub.target, [k for k in KS if k <= c.beam])
+                out["test_given_layer1"] = {"given_layer1": g["metrics"], "same_users_baseline": base}
             if c.invalid_users:
-                sub = np.arange(min(c.invalid_users, len(ex)))
-                exs = type(ex)(ex.user_token[sub], ex.history[sub], ex.target[sub], ex.user[sub])
-                out["test_unconstrained_invalid"] = evaluate.invalid_ratio(r, params, exs, c.beam,
+                sub = ex.subset(np.arange(min(c.invalid_users, len(ex))))
+                out["test_unconstrained_invalid"] = evaluate.invalid_ratio(r, params, sub, c.beam,
                                                                            batch_size=c.batch_size,
                                                                            progress=ctx.progress)
     return out

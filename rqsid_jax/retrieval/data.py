@@ -27,6 +27,9 @@ class Examples:
     def __len__(self):
         return self.target.size
 
+    def subset(self, rows: np.ndarray) -> "Examples":
+        return Examples(self.user_token[rows], self.history[rows], self.target[rows], self.user[rows])
+
 
 def _pad_histories(hists, max_history):
     out = np.full((len(hists), max_history), -1, np.int32)

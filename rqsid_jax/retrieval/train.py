@@ -159,7 +159,7 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
     val = eval_examples(split, r.vocab, "validation", cfg.max_history)
     if cfg.eval_users and cfg.eval_users < len(val):
         pick = np.sort(np.random.default_rng([cfg.seed, 99]).permutation(len(val))[: cfg.eval_users])
-        val = type(val)(val.user_token[pick], val.history[pick], val.target[pick], val.user[pick])
+        val = val.subset(pick)
     mngr = checkpointing.manager(os.path.join(ckpt_dir, "last")) if ckpt_dir else None
     best_mngr = checkpointing.manager(os.path.join(ckpt_dir, "best"), max_to_keep=1) if ckpt_dir else None
     start = 0
