@@ -25,14 +25,11 @@ quick = nb([
     ("md", "# rqsid_jax quickstart\n\nThe whole pipeline on Amazon Beauty: data → embeddings → RQ-VAE → semantic IDs → hourglass analysis → TIGER retriever → evaluation. Set `RQSID_DATA_DIR` to the directory holding `beauty/sequential_data.txt` (or the raw `reviews_Beauty_5.json.gz`). `RQSID_NOTEBOOK_CONFIG=configs/tiny.py` runs the same cells in seconds (CI does this)."),
     ("code", setup),
     ("code", device),
-    ("code", """import importlib.util
-from rqsid_jax import pipeline
+    ("code", """from rqsid_jax import pipeline
 
 CONFIG = os.environ.get("RQSID_NOTEBOOK_CONFIG", "configs/beauty.py")
 WORKDIR = os.environ.get("RQSID_NOTEBOOK_WORKDIR", "runs/quickstart")
-spec = importlib.util.spec_from_file_location("experiment", CONFIG)
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config()
+config = pipeline.load_config_file(CONFIG)
 print(CONFIG, config.dataset, config.data_dir)"""),
     ("code", """results = pipeline.run(config, WORKDIR, progress=False)
 list(results)"""),
@@ -49,16 +46,13 @@ hg = nb([
     ("md", "# Hourglass analysis of RQ semantic IDs\n\nMeasures the hourglass bottleneck (Kuai et al., EMNLP 2024) on the SIDs of a run, draws the figures, and compares the paper's mitigations. Uses the library's `rqsid_jax.sid` functions directly."),
     ("code", setup),
     ("code", device),
-    ("code", """import importlib.util
-import numpy as np
+    ("code", """import numpy as np
 from rqsid_jax import pipeline
 from rqsid_jax.sid import hourglass, mitigations, figures, synthetic
 
 CONFIG = os.environ.get("RQSID_NOTEBOOK_CONFIG", "configs/hourglass_beauty.py")
 WORKDIR = os.environ.get("RQSID_NOTEBOOK_WORKDIR", "runs/hourglass")
-spec = importlib.util.spec_from_file_location("experiment", CONFIG)
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config()
+config = pipeline.load_config_file(CONFIG)
 pipeline.run(config, WORKDIR, stages=["data", "embeddings", "tokenizer", "sids"], progress=False)
 codes = np.load(os.path.join(WORKDIR, "sids", "codes.npy"))
 residuals = np.load(os.path.join(WORKDIR, "sids", "residuals.npy"))

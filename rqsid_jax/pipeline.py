@@ -55,6 +55,18 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)  # atomic: a kill never leaves half a file
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """get_config() of an experiment file (configs/*.py), as the launcher's --config does."""
+    import importlib.util
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 class Context:
     """Shared state of one pipeline run: config, workdir, mesh, lazily loaded data."""
 
