@@ -100,7 +100,7 @@ def _npy_layout(path: str) -> tuple[np.dtype, tuple, int]:
 
 
 def assign_codes_streaming(encode: Callable[[np.ndarray], np.ndarray], embeddings_path: str, out_path: str,
-                           levels: int, chunk_size: int = 65536, progress: bool = True) -> np.memmap:
+                           levels: int, chunk_size: int = 8192, progress: bool = True) -> np.memmap:
     """Encodes an [N, D] .npy in fixed-size chunks into an [N, L] int32 .npy memmap.
 
     Memory stays flat in N: each chunk is mapped on its own and unmapped after use (pages of
