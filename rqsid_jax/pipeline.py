@@ -86,9 +86,9 @@ class Context:
     def dataset(self):
         if self._dataset is None:
             c = self.config
+            # The user's own form is an interactions file plus its item embeddings (.npy).
             self._dataset = load_dataset(c.dataset, c.data_dir, c.data_format, c.interactions,
-                                         c.embeddings.npy_path if c.embeddings.method == "given" else "",
-                                         c.min_count)
+                                         c.embeddings.npy_path if c.interactions else "", c.min_count)
         return self._dataset
 
     @property

@@ -113,3 +113,21 @@ def test_partial_uses_stopped_upstream_and_records_it(tmp_path):
         pipeline.run(c, wd, stages=["tokenizer"], progress=False)
     r = pipeline.run(c, wd, stages=["tokenizer"], progress=False, partial=True)
     assert r["tokenizer"]["incomplete_upstream"] == ["embeddings"]
+
+
+def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((60, 12)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    lines = [f"u{u},{i},{t}" for u in range(40) for t, i in enumerate(rng.integers(0, 60, 6))]
+    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
+    c = tiny.get_config()
+    c.stages = ("data", "embeddings", "tokenizer", "sids")
+    c.data_format = "user"
+    c.interactions = str(tmp_path / "inter.csv")
+    c.embeddings.npy_path = str(tmp_path / "emb.npy")
+    c.rqvae.codebook_size = 8
+    r = pipeline.run(c, str(tmp_path / "wd"), progress=False)
+    assert r["data"]["items"] == 60 and r["data"]["users"] == 40
+    np.testing.assert_array_equal(np.load(tmp_path / "wd" / "embeddings" / "embeddings.npy"), emb)
+    assert r["sids"]["all_sids_unique"]

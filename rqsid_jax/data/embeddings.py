@@ -20,7 +20,7 @@ from rqsid_jax.data.dataset import SequenceDataset, Split, validate_embeddings
 from rqsid_jax.data.text import item_field_texts, item_texts
 from rqsid_jax.errors import ConfigError, DataError
 
-METHODS = ("auto", "wordllama", "sentence_transformers", "npy", "collaborative")
+METHODS = ("auto", "wordllama", "sentence_transformers", "npy", "collaborative", "given")
 
 
 def wordllama_embed(texts: list[str], dim: int = 256) -> np.ndarray:
@@ -108,8 +108,10 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
         else:
             method = "collaborative"
     if method == "given":
-        return validate_embeddings(np.asarray(dataset.embeddings, np.float32), dataset.num_items, dataset.name)
-    if method in ("wordllama", "sentence_transformers"):
+        if dataset.embeddings is None:
+            raise ConfigError("embeddings.method='given' needs the user data form (interactions + .npy)")
+        payload = {"given": hashlib.sha256(np.ascontiguousarray(dataset.embeddings, np.float32).tobytes()).hexdigest()}
+    elif method in ("wordllama", "sentence_transformers"):
         if text_fields not in ("separate", "joined"):
             raise ConfigError(f"embeddings.text_fields='{text_fields}' is not 'separate' or 'joined'")
         fields = list(item_field_texts(dataset.items)) if text_fields == "separate" else [item_texts(dataset.items)]
@@ -135,7 +137,9 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
                 if json.load(f).get("key") == key:
                     logging.info("embeddings: reusing cache %s", path)
                     return np.load(path, allow_pickle=False)
-    if method == "wordllama":
+    if method == "given":
+        emb = np.asarray(dataset.embeddings, np.float32)
+    elif method == "wordllama":
         emb = np.concatenate([wordllama_embed(f, dim) for f in fields], axis=1)
     elif method == "sentence_transformers":
         emb = np.concatenate([sentence_transformers_embed(f, model_name) for f in fields], axis=1)

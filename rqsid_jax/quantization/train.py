@@ -145,9 +145,9 @@ def init_state(cfg, x: np.ndarray, mesh, key) -> tuple[nnx.GraphDef, dict]:
     tx = make_optimizer(cfg)
     state = {"params": params, "stats": stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
     if cfg.ema:
-        state["ema_size"] = jnp.zeros((cfg.levels, cfg.codebook_size))
+        # EMA statistics start as one pseudo-count at each (k-means) code.
+        state["ema_size"] = jnp.ones((cfg.levels, cfg.codebook_size))
         state["ema_sum"] = jnp.array(params["codebooks"][...])
-        state["ema_size"] = state["ema_size"] + 1.0
     return graphdef, sharding.replicate(state, mesh)
 
 
