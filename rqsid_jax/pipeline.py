@@ -178,18 +178,17 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32)
 
 
-def tokenizer_encoder(ctx: Context, input_dim: int) -> tuple[Callable, int, Callable]:
-    """(codes_fn, codebook_size, latents_fn) for the trained tokenizer."""
+def tokenizer_encoder(ctx: Context, emb: np.ndarray) -> tuple[Callable, int, Callable]:
+    """(codes_fn, codebook_size, latents_fn) for the tokenizer trained on embeddings `emb`."""
     from rqsid_jax.quantization.kernels import residual_encode
     from rqsid_jax.quantization.train import load_rqvae
 
     c = ctx.config
     if c.tokenizer == "rqvae":
-        model = load_rqvae(c.rqvae, input_dim, os.path.join(ctx.dir("tokenizer"), "checkpoints"))
+        model = load_rqvae(c.rqvae, emb.shape[1], os.path.join(ctx.dir("tokenizer"), "checkpoints"))
         books = model.codebooks[...]
         return jax.jit(model.codes), c.rqvae.codebook_size, lambda x: (books, jax.jit(model.encode)(x))
     books = np.load(os.path.join(ctx.dir("tokenizer"), "codebooks.npy"))
-    emb = load_embeddings(ctx)
     mean, std = emb.mean(0), np.maximum(emb.std(0), 1e-6)
     enc = jax.jit(lambda x: residual_encode(books, (x - mean) / std)[0])
     return enc, c.rqkmeans.codebook_size, lambda x: (books, (x - mean) / std)
@@ -200,7 +199,7 @@ def stage_sids(ctx: Context) -> dict:
     from rqsid_jax.sid.assign import save_sids, sid_report
 
     emb = load_embeddings(ctx)
-    enc, M, latents = tokenizer_encoder(ctx, emb.shape[1])
+    enc, M, latents = tokenizer_encoder(ctx, emb)
     x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
     codes = np.asarray(enc(sharding.shard_batch(x, ctx.mesh)))[:n]
     books, z = latents(emb)

@@ -218,7 +218,7 @@ def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
                 logging.info("rqvae step %d: revived %s dead codes per level", done, np.asarray(revived).tolist())
         if done % cfg.log_every == 0 or done == end:
             m = {k: float(v) for k, v in metrics.items() if k not in ("finite_items", "finite")}
-            codes = np.asarray(model_codes(graphdef, state, sample))[: len(sample_idx)]
+            codes = np.asarray(_codes(graphdef, state, sample))[: len(sample_idx)]
             m.update(usage_report(codes, cfg.codebook_size), step=done)
             collapsed = [l for l, u in enumerate(m["usage_fraction"]) if u < cfg.collapse_fraction]
             if collapsed:
@@ -244,10 +244,6 @@ def _stop(what: str, items: np.ndarray, mngr) -> None:
 @jax.jit
 def _codes(graphdef, state, x):
     return model_from_state(graphdef, state).codes(x)
-
-
-def model_codes(graphdef, state, x):
-    return _codes(graphdef, state, x)
 
 
 def load_rqvae(cfg, input_dim: int, ckpt_dir: str) -> RQVAE:

@@ -73,7 +73,7 @@ def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: b
             valid = valid & (ctok == first_token[:, None, None])
         cand = jnp.where(valid, scores[..., None] + step, NEG_INF).reshape(B, beam * K)
         top_s, top_i = jax.lax.top_k(cand, beam)
-        parent, jj = top_i // K, top_i % K
+        parent = top_i // K
         new_tok = ctok.reshape(B, beam * K)[b_idx, top_i]
         node = cnode.reshape(B, beam * K)[b_idx, top_i]
         tokens = tokens[b_idx, parent].at[:, :, t + 1].set(new_tok)
