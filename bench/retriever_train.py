@@ -87,9 +87,11 @@ def main():
     enc_tok = median(tokens)
     dec_tok = r.vocab.max_sid_tokens
     per_enc_tok = 4 * d * hd + 2 * d * f
-    per_dec_tok = 6 * d * hd + 2 * d * f + d * r.vocab.size
-    flops = 6 * (cfg.encoder_layers * per_enc_tok * enc_tok + cfg.decoder_layers * per_dec_tok * dec_tok
-                 - (cfg.decoder_layers - 1) * d * r.vocab.size * dec_tok)
+    out = r.vocab.user_offset  # logits over SID tokens only (model.ModelConfig.output_size)
+    per_dec_tok = 6 * d * hd + 2 * d * f  # self-attention q/k/v/o, cross-attention q/o, MLP
+    cross_kv = 2 * d * hd * enc_tok  # cross-attention keys/values of the memory, per decoder layer
+    flops = 6 * (cfg.encoder_layers * per_enc_tok * enc_tok
+                 + cfg.decoder_layers * (per_dec_tok * dec_tok + cross_kv) + d * out * dec_tok)
     sps = median(rates)
     emit("retriever_train", samples_per_s=sps, samples_per_s_all=[round(x) for x in rates], target=300,
          batch=a.batch, examples=len(ex), mean_padded_encoder_tokens=enc_tok,

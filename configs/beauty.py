@@ -3,6 +3,7 @@ import os
 
 import ml_collections
 
+from rqsid_jax.ablation import default_config as ablation_config
 from rqsid_jax.quantization.train import default_config as rqvae_config
 from rqsid_jax.retrieval.train import default_config as retriever_config
 
@@ -50,4 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.evaluation.batch_size = 256
     c.evaluation.given_layer1_users = 4000  # the paper's Table 1 probe on this many test users (0 = skip)
     c.evaluation.invalid_users = 1000  # unconstrained decoding on this many test users (0 = skip)
+
+    # Retriever variants for Table 2 (stage 'ablation', not in the default stages; see
+    # configs/ablation_beauty.py). Every variant trains with the retriever settings above.
+    c.ablation = ablation_config()
     return c

@@ -26,8 +26,10 @@ def get_config():
     t = c.retriever
     t.update(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, encoder_layers=1, decoder_layers=1,
              batch_size=64, num_steps=60, warmup_steps=10, eval_every=30, eval_users=0, eval_beam=10,
-             checkpoint_every=30, log_every=10, patience=0, data_threads=1, max_history=5)
+             checkpoint_every=30, log_every=10, patience=0, data_threads=1, max_history=5,
+             bucket_items=(2,))  # two encoder shapes: fewer compiles
     c.evaluation.beam = 20
+    c.ablation.update(variants=("baseline", "mile", "top@2"), test_users=0, beam=20, ks=(1, 5, 10, 20))
     c.evaluation.invalid_users = 50
     c.evaluation.given_layer1_users = 100
     return c

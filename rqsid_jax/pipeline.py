@@ -20,12 +20,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rqsid_jax import sharding
+from rqsid_jax import ablation, sharding
 from rqsid_jax.data import load_dataset
 from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.errors import ConfigError
 
-STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
+STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
 # Which config sections each stage depends on (besides its upstream stages).
 STAGE_KEYS = {
     "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
@@ -35,9 +35,11 @@ STAGE_KEYS = {
     "hourglass": ("hourglass",),
     "retriever": ("retriever",),
     "evaluation": ("evaluation",),
+    "ablation": ("ablation", "retriever", "evaluation"),
 }
 UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
-            "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",)}
+            "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",),
+            "ablation": ("sids", "hourglass")}
 
 
 def _jsonable(v):
@@ -229,9 +231,10 @@ def stage_hourglass(ctx: Context) -> dict:
             if m["synthetic"] else None}
 
 
-def retriever_sids(ctx: Context) -> np.ndarray:
-    """The SID set the retriever uses: 'baseline' or a mitigation saved by the hourglass stage."""
-    name = ctx.config.retriever.sids
+def retriever_sids(ctx: Context, name: Optional[str] = None) -> np.ndarray:
+    """A retriever's SID set (default: retriever.sids): 'baseline' or a mitigation saved by the
+    hourglass stage."""
+    name = name or ctx.config.retriever.sids
     if name == "baseline":
         return np.load(os.path.join(ctx.dir("sids"), "sids.npy"))
     path = os.path.join(ctx.dir("hourglass"), f"sids_{name.replace('@', '_at_')}.npy")
@@ -308,7 +311,7 @@ def stage_evaluation(ctx: Context) -> dict:
 
 STAGE_FNS = {"data": stage_data, "embeddings": stage_embeddings, "tokenizer": stage_tokenizer,
              "sids": stage_sids, "hourglass": stage_hourglass, "retriever": stage_retriever,
-             "evaluation": stage_evaluation}
+             "evaluation": stage_evaluation, "ablation": ablation.stage_ablation}
 
 
 def _tb_writer(ctx: Context, stage: str):

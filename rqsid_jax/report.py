@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
+STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
 
 
 def _fmt(v):
@@ -33,6 +33,10 @@ def write_workdir_report(workdir: str) -> str:
             for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
                 out.append(f"![{f}](hourglass/figures/{f})")
             out.append("")
+        table = os.path.join(workdir, stage, "table.md")
+        if stage == "ablation" and os.path.exists(table):
+            out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",
+                    open(table).read(), "Per variant: `ablation/<variant>/metrics.json`, `predictions_test.npz`.", ""]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -39,7 +39,7 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     r = subprocess.run(_launch(wd), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     after = _mtimes(wd)
-    assert set(after) == set(pipeline.STAGES)
+    assert set(after) == set(tiny.get_config().stages)
     for s in before:  # finished stages were not redone
         assert after[s] == before[s], s
     # Artifacts of the workdir contract.
@@ -48,7 +48,7 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     assert codes.dtype == np.int32 and codes.shape == (len(items["item_ids"]), 3)
     sids = np.load(wd / "sids" / "sids.npy")
     assert np.unique(sids, axis=0).shape[0] == sids.shape[0]
-    for s in pipeline.STAGES:
+    for s in tiny.get_config().stages:
         json.load(open(wd / s / "metrics.json"))
     assert "hourglass/report.md" in open(wd / "report.md").read()
     pred = np.load(wd / "evaluation" / "predictions_test.npz")
@@ -61,6 +61,44 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
 
 
 TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
+
+
+def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
+    c = tiny.get_config()
+    c.stages = TOKENIZER_STAGES + ("ablation",)
+    c.retriever.update(num_steps=20, eval_every=0, checkpoint_every=10)
+    wd = tmp_path / "wd"
+    ab = pipeline.run(c, str(wd), progress=False)["ablation"]
+    assert list(ab["variants"]) == ["baseline", "mile", "top@2"]
+    assert ab["variants"]["mile"]["loss"] == "mile" and ab["variants"]["top@2"]["sids"] == "top@2"
+    table = open(wd / "ablation" / "table.md").read()
+    for v, m in ab["variants"].items():
+        assert f"| {v} |" in table
+        pred = np.load(wd / "ablation" / v.replace("@", "_at_") / "predictions_test.npz")
+        for k in (1, 10, 20):  # every number can be recomputed from the saved predictions
+            hits = (pred["top_rows"][:, :k] == pred["target_row"][:, None]).any(1).mean()
+            assert abs(hits - m["all"][f"recall@{k}"]) < 1e-9
+    assert "Table 2" in open(wd / "report.md").read()
+    # A run killed during the last variant: finished variants are kept, the last is redone
+    # from its checkpoints and gives the same numbers.
+    done = wd / "ablation" / "baseline" / "metrics.json"
+    mtime = os.path.getmtime(done)
+    os.remove(wd / "ablation" / "stage.json")
+    os.remove(wd / "ablation" / "top_at_2" / "metrics.json")
+    again = pipeline.run(c, str(wd), progress=False)["ablation"]
+    assert os.path.getmtime(done) == mtime
+    assert again["variants"]["top@2"]["all"] == ab["variants"]["top@2"]["all"]
+
+
+def test_ablation_rejects_unknown_variants():
+    from rqsid_jax.ablation import variant_retriever_config
+
+    c = tiny.get_config()
+    for bad in ("foo", "top@7", "top@x"):
+        with pytest.raises(ConfigError, match=f"ablation.variants: '{bad}'"):
+            variant_retriever_config(c.retriever, c.ablation, bad, tuple(c.hourglass.top_ks))
+    rc = variant_retriever_config(c.retriever, c.ablation, "focal", (2, 4))
+    assert (rc.sids, rc.loss, rc.gamma) == ("baseline", "focal", c.ablation.focal_gamma)
 
 
 def test_config_change_reruns_only_affected_stages(tmp_path):

@@ -12,6 +12,7 @@ from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
 from rqsid_jax.retrieval.data import Collator, eval_examples, query_examples, train_examples
 from rqsid_jax.retrieval.metrics import recall_ndcg
+from rqsid_jax.retrieval.model import dropout
 from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
 from rqsid_jax.retrieval.train import build, default_config, make_train_step, schedule, train_retriever
 from rqsid_jax.sid.mitigations import top_k_removal
@@ -21,7 +22,8 @@ def tiny_cfg(**kw):
     c = default_config()
     base = dict(d_model=32, num_heads=2, head_dim=8, mlp_dim=64, encoder_layers=1, decoder_layers=1,
                 batch_size=32, num_steps=24, warmup_steps=5, eval_every=12, eval_users=0, eval_beam=5,
-                checkpoint_every=12, log_every=6, patience=0, data_threads=1, num_user_tokens=16)
+                checkpoint_every=12, log_every=6, patience=0, data_threads=1, num_user_tokens=16,
+                bucket_items=(4,))
     c.update({**base, **kw})
     return c
 
@@ -82,6 +84,24 @@ def test_constrained_never_invalid_unconstrained_measured():
             assert r.index.lookup(tokens[i, j]) == items[i, j]
     inv = evaluate.invalid_ratio(r, params, ex, beam=8, ks=(1, 5), progress=False)
     assert 0.0 <= inv["invalid@1"] <= 1.0 and inv["invalid@5"] > 0.0  # an untrained model hallucinates
+
+
+def test_dropout_rate_scale_and_sharding():
+    x = jnp.ones((64, 33, 130))  # last axis not a multiple of 4 draws per word
+    key = jax.random.key(3)
+    y = np.asarray(dropout(x, 0.1, key))
+    p = 26 / 256  # 0.1 rounded to the 8-bit grid
+    se = (p * (1 - p) / y.size) ** 0.5
+    assert abs((y == 0).mean() - p) < 5 * se
+    assert abs(y.mean() - 1.0) < 0.01 and np.allclose(y[y != 0], 256 / 230)
+    # the mask is not one pattern repeated across rows or features
+    assert not np.array_equal(y[0], y[1]) and not np.array_equal(y[..., :4], y[..., 4:8])
+    np.testing.assert_array_equal(y, np.asarray(dropout(x, 0.1, key)))
+    assert not np.array_equal(y, np.asarray(dropout(x, 0.1, jax.random.key(4))))
+    assert dropout(x, 0.1, None) is x and dropout(x, 0.0, key) is x
+    mesh = sharding.data_mesh()  # the same mask when the batch is split over 8 devices
+    ys = jax.jit(lambda a: dropout(a, 0.1, key))(sharding.shard_batch(np.ones((64, 33, 130), np.float32), mesh))
+    np.testing.assert_array_equal(np.asarray(ys), y)
 
 
 def test_metrics_by_hand():

@@ -46,15 +46,18 @@ def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: b
     B = enc_tokens.shape[0]
     T = index.depth
     memory, mask = model.encode(enc_tokens)
-    kv = model.cross_kv(memory)  # [B, S, h, dh] per layer, shared by the beams of a query
-    tokens = jnp.full((B, beam, T + 1), PAD, jnp.int32).at[:, :, 0].set(BOS)
-    scores = jnp.full((B, beam), NEG_INF).at[:, 0].set(0.0)  # one live beam at the start
-    node = jnp.zeros((B, beam), jnp.int32)
+    kv = model.cross_kv(memory)  # per layer, shared by the beams of a query
+    # Step 0 decodes one row per query (every beam starts from BOS); the top `beam` first
+    # tokens then fan out into `beam` rows. `width` is the number of rows per query.
+    width = 1
+    tokens = jnp.full((B, 1, T + 1), PAD, jnp.int32).at[:, :, 0].set(BOS)
+    scores = jnp.zeros((B, 1))
+    node = jnp.zeros((B, 1), jnp.int32)
     b_idx = jnp.arange(B)[:, None]
-    cache = model.init_cache(B * beam)
+    cache = model.init_cache(B)
     for t in range(T):
-        logits, cache = model.decode_step(tokens[:, :, t].reshape(B * beam), t, cache, mask, kv, group=beam)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(B, beam, -1)
+        logits, cache = model.decode_step(tokens[:, :, t].reshape(B * width), t, cache, mask, kv, group=width)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(B, width, -1)
         if constrained:
             K = index.max_children[t]
             st, cnt = index.start[node], index.count[node]
@@ -65,22 +68,28 @@ def beam_search(model, enc_tokens, index: DeviceIndex, beam: int, constrained: b
             step = jnp.where(ctok == PAD, 0.0, jnp.take_along_axis(logp, ctok, axis=-1))
         else:
             K = logp.shape[-1]
-            ctok = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (B, beam, K))
+            ctok = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (B, width, K))
             cnode = jnp.zeros_like(ctok)
             valid = jnp.broadcast_to(scores[..., None] > NEG_INF / 2, ctok.shape)
             step = logp
         if first_token is not None and t == 0:
             valid = valid & (ctok == first_token[:, None, None])
-        cand = jnp.where(valid, scores[..., None] + step, NEG_INF).reshape(B, beam * K)
+        cand = jnp.where(valid, scores[..., None] + step, NEG_INF).reshape(B, width * K)
+        ctok, cnode = ctok.reshape(B, width * K), cnode.reshape(B, width * K)
+        if width * K < beam:  # fewer candidates than beams: pad with dead ones
+            pad = ((0, 0), (0, beam - width * K))
+            cand = jnp.pad(cand, pad, constant_values=NEG_INF)
+            ctok, cnode = jnp.pad(ctok, pad), jnp.pad(cnode, pad)
         top_s, top_i = jax.lax.top_k(cand, beam)
-        parent = top_i // K
-        new_tok = ctok.reshape(B, beam * K)[b_idx, top_i]
-        node = cnode.reshape(B, beam * K)[b_idx, top_i]
+        parent = jnp.minimum(top_i // K, width - 1)
+        new_tok = ctok[b_idx, top_i]
+        node = cnode[b_idx, top_i]
         tokens = tokens[b_idx, parent].at[:, :, t + 1].set(new_tok)
-        # caches follow their beams: row (b, k) continues beam parent[b, k]
-        rows = (jnp.arange(B)[:, None] * beam + parent).reshape(-1)
+        # caches follow their beams: row (b, k) continues row parent[b, k] of query b
+        rows = (jnp.arange(B)[:, None] * width + parent).reshape(-1)
         cache = [(k[rows], v[rows]) for k, v in cache]
         scores = top_s
+        width = beam
     alive = scores > NEG_INF / 2
     items = jnp.where(alive, index.leaf_item[node], -1) if constrained else jnp.full((B, beam), -1)
     return tokens[:, :, 1:], scores, items

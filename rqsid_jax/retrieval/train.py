@@ -20,7 +20,7 @@ from rqsid_jax import checkpointing, sharding
 from rqsid_jax.data.dataset import Split
 from rqsid_jax.errors import ConfigError, TrainingError
 from rqsid_jax.retrieval import evaluate
-from rqsid_jax.retrieval.data import Collator, default_buckets, eval_examples, train_examples
+from rqsid_jax.retrieval.data import BUCKET_ITEMS, Collator, default_buckets, eval_examples, train_examples
 from rqsid_jax.retrieval.model import ModelConfig, Seq2Seq
 from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
 
@@ -37,6 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dropout = 0.1
     c.num_user_tokens = 2000
     c.max_history = 20
+    # Encoder length buckets, in history items (one jit shape each; see data.default_buckets).
+    c.bucket_items = BUCKET_ITEMS
     # Training.
     c.batch_size = 256
     c.learning_rate = 1e-3
@@ -100,9 +102,9 @@ def build(cfg, sids: np.ndarray, seed: int = 0):
     vocab = SidVocab.from_sids(sids, cfg.num_user_tokens)
     item_tok = item_tokens(sids, vocab)
     index = PrefixIndex.build(item_tok)
-    buckets = default_buckets(vocab, cfg.max_history)
+    buckets = default_buckets(vocab, cfg.max_history, cfg.bucket_items)
     mc = ModelConfig(vocab.size, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.encoder_layers,
-                     cfg.decoder_layers, cfg.dropout, buckets[-1], vocab.max_sid_tokens + 1)
+                     cfg.decoder_layers, cfg.dropout, buckets[-1], vocab.max_sid_tokens + 1, vocab.user_offset)
     model = Seq2Seq(mc, nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     return Retriever(graphdef, vocab, item_tok, index, buckets), params

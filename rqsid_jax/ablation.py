@@ -1,0 +1,140 @@
+"""The hourglass paper's Table 2 on this data: one retriever per variant, same budget, same
+test users, Recall/NDCG@K side by side.
+
+A variant is a loss on the baseline SIDs ('baseline' = cross-entropy, 'focal', 'mile') or a
+mitigated SID set from the hourglass stage trained with cross-entropy ('remove_layer2',
+'swap12', 'top@K'). Each variant lives in `<workdir>/ablation/<variant>/` (checkpoints,
+`metrics.json`, `predictions_test.npz`); a variant whose metrics.json exists is done, so a
+killed run resumes at the variant (and training step) it stopped at.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from rqsid_jax.errors import ConfigError
+
+LOSS_VARIANTS = {"baseline": "ce", "focal": "focal", "mile": "mile"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.variants = ("baseline", "focal", "mile", "remove_layer2", "top@20", "top@100")
+    c.focal_gamma = 2.0  # Lin et al. 2017's default
+    c.mile_gamma = 1.0
+    c.test_users = 5000  # fixed random subset of test users, the same for every variant (0 = all)
+    c.beam = 50
+    c.ks = (1, 3, 5, 10, 30, 50)  # the paper's Table 2 columns
+    return c
+
+
+def dir_name(variant: str) -> str:
+    return variant.replace("@", "_at_")
+
+
+def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections.ConfigDict,
+                             variant: str, top_ks) -> ml_collections.ConfigDict:
+    """The retriever config of one variant: the base config with its SID set and loss."""
+    c = ml_collections.ConfigDict(base.to_dict())
+    if variant in LOSS_VARIANTS:
+        c.sids, c.loss = "baseline", LOSS_VARIANTS[variant]
+        c.gamma = {"focal": ab.focal_gamma, "mile": ab.mile_gamma}.get(variant, c.gamma)
+    elif variant in ("remove_layer2", "swap12") or (
+            variant.startswith("top@") and variant[4:].isdigit() and int(variant[4:]) in top_ks):
+        c.sids, c.loss = variant, "ce"
+    else:
+        raise ConfigError(f"ablation.variants: '{variant}' is not one of {sorted(LOSS_VARIANTS)}, remove_layer2, "
+                          f"swap12 or top@K with K in hourglass.top_ks={list(top_ks)}")
+    return c
+
+
+def test_subset(n: int, users: int, seed: int) -> np.ndarray:
+    if not users or users >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:users])
+
+
+def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray) -> dict:
+    from rqsid_jax.retrieval import evaluate
+    from rqsid_jax.retrieval.data import eval_examples
+    from rqsid_jax.retrieval.train import train_retriever
+
+    ab = ctx.config.ablation
+    d = os.path.join(ctx.dir("ablation"), dir_name(variant))
+    os.makedirs(d, exist_ok=True)
+    last = {}
+    t = time.time()
+    r, params, history = train_retriever(rc, sids, ctx.split, os.path.join(d, "checkpoints"), ctx.mesh,
+                                         log=lambda m: last.update(m) if "train_loss" in m else None,
+                                         progress=ctx.progress)
+    train_s = time.time() - t
+    ex = eval_examples(ctx.split, r.vocab, "test", rc.max_history).subset(test_rows)
+    codes = np.load(os.path.join(ctx.dir("sids"), "codes.npy"))
+    head = np.load(os.path.join(ctx.dir("hourglass"), "head_tokens_layer2.npy"))
+    ks = tuple(sorted(set(ab.ks) | {10}))  # Recall@10 is in every table
+    t = time.time()
+    # Head/tail by the target's layer-2 code in the baseline SIDs, for every variant alike.
+    res = evaluate.evaluate(r, params, ex, ab.beam, ks=ks, head_tokens=head, layer2_codes=codes[:, 1],
+                            batch_size=ctx.config.evaluation.batch_size, progress=ctx.progress)
+    np.savez(os.path.join(d, "predictions_test.npz"), test_rows=test_rows, top_rows=res["predictions"],
+             target_row=ex.target)
+    m = {"variant": variant, "sids": rc.sids, "loss": rc.loss, "gamma": rc.gamma, "steps": rc.num_steps,
+         "train_seconds": train_s, "eval_seconds": time.time() - t, "final_train_loss": last.get("train_loss"),
+         "test_users": int(len(ex)), "all": res["metrics"], "head": res["head"], "tail": res["tail"],
+         "validation": history}
+    from rqsid_jax.pipeline import write_json
+    write_json(os.path.join(d, "metrics.json"), m)  # written last: marks the variant done
+    return m
+
+
+def stage_ablation(ctx) -> dict:
+    from rqsid_jax.pipeline import retriever_sids
+
+    ab = ctx.config.ablation
+    top_ks = tuple(ctx.config.hourglass.top_ks)
+    if ab.beam < max(max(ab.ks), 10):
+        raise ConfigError(f"ablation.beam={ab.beam} is smaller than the largest K in ablation.ks={list(ab.ks)}")
+    configs = {v: variant_retriever_config(ctx.config.retriever, ab, v, top_ks) for v in ab.variants}
+    test_rows = test_subset(ctx.split.num_users, ab.test_users, ctx.config.seed)
+    rows = []
+    for v, rc in configs.items():
+        path = os.path.join(ctx.dir("ablation"), dir_name(v), "metrics.json")
+        if os.path.exists(path):
+            logging.info("ablation %s: done, skipped", v)
+            with open(path) as f:
+                rows.append(json.load(f))
+            continue
+        logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
+        rows.append(run_variant(ctx, v, rc, retriever_sids(ctx, rc.sids), test_rows))
+    table = table_markdown(rows, tuple(ab.ks))
+    with open(os.path.join(ctx.dir("ablation"), "table.md"), "w") as f:
+        f.write(table)
+    return {"test_users": int(test_rows.size), "ks": list(ab.ks),
+            "variants": {r["variant"]: {k: r[k] for k in ("sids", "loss", "gamma", "steps", "train_seconds",
+                                                          "final_train_loss", "all", "head", "tail")}
+                         for r in rows}}
+
+
+def table_markdown(rows: list[dict], ks) -> str:
+    """Recall and NDCG tables (the paper's Table 2 layout) plus head/tail Recall@10."""
+    n = rows[0]["test_users"] if rows else 0
+    out = [f"Test users: {n} (the same for every variant). ± is the binomial standard error of Recall@10.", ""]
+    for metric in ("recall", "ndcg"):
+        out += ["| variant | " + " | ".join(f"{metric.capitalize()}@{k}" for k in ks) + " |",
+                "|---|" + "---|" * len(ks)]
+        for r in rows:
+            out.append(f"| {r['variant']} | " + " | ".join(f"{r['all'][f'{metric}@{k}']:.4f}" for k in ks) + " |")
+        out.append("")
+    out += ["| variant | SIDs | loss | steps | train min | Recall@10 | head R@10 | tail R@10 |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["all"]["recall@10"]
+        se = (p * (1 - p) / max(r["test_users"], 1)) ** 0.5
+        out.append(f"| {r['variant']} | {r['sids']} | {r['loss']} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
+                   f"{p:.4f} ± {se:.4f} | {r['head']['recall@10']:.4f} | {r['tail']['recall@10']:.4f} |")
+    return "\n".join(out) + "\n"
