@@ -124,8 +124,8 @@ def table_markdown(rows: list[dict], ks) -> str:
     """Recall and NDCG tables (the paper's Table 2 layout) plus head/tail Recall@10."""
     n = rows[0]["test_users"] if rows else 0
     out = [f"Test users: {n} (the same for every variant). ± is the binomial standard error of Recall@10.", ""]
-    for metric in ("recall", "ndcg"):
-        out += ["| variant | " + " | ".join(f"{metric.capitalize()}@{k}" for k in ks) + " |",
+    for metric, title in (("recall", "Recall"), ("ndcg", "NDCG")):
+        out += ["| variant | " + " | ".join(f"{title}@{k}" for k in ks) + " |",
                 "|---|" + "---|" * len(ks)]
         for r in rows:
             out.append(f"| {r['variant']} | " + " | ".join(f"{r['all'][f'{metric}@{k}']:.4f}" for k in ks) + " |")
