@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from rqsid_jax.errors import ConfigError
+from rqsid_jax.sid.mitigations import file_name
 
 LOSS_VARIANTS = {"baseline": "ce", "focal": "focal", "mile": "mile"}
 
@@ -31,10 +32,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.beam = 50
     c.ks = (1, 3, 5, 10, 30, 50)  # the paper's Table 2 columns
     return c
-
-
-def dir_name(variant: str) -> str:
-    return variant.replace("@", "_at_")
 
 
 def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections.ConfigDict,
@@ -53,19 +50,13 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
     return c
 
 
-def test_subset(n: int, users: int, seed: int) -> np.ndarray:
-    if not users or users >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:users])
-
-
-def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray) -> dict:
+def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, ks) -> dict:
     from rqsid_jax.retrieval import evaluate
     from rqsid_jax.retrieval.data import eval_examples
     from rqsid_jax.retrieval.train import train_retriever
 
     ab = ctx.config.ablation
-    d = os.path.join(ctx.dir("ablation"), dir_name(variant))
+    d = os.path.join(ctx.dir("ablation"), file_name(variant))
     os.makedirs(d, exist_ok=True)
     last = {}
     t = time.time()
@@ -76,7 +67,6 @@ def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray) 
     ex = eval_examples(ctx.split, r.vocab, "test", rc.max_history).subset(test_rows)
     codes = np.load(os.path.join(ctx.dir("sids"), "codes.npy"))
     head = np.load(os.path.join(ctx.dir("hourglass"), "head_tokens_layer2.npy"))
-    ks = tuple(sorted(set(ab.ks) | {10}))  # Recall@10 is in every table
     t = time.time()
     # Head/tail by the target's layer-2 code in the baseline SIDs, for every variant alike.
     res = evaluate.evaluate(r, params, ex, ab.beam, ks=ks, head_tokens=head, layer2_codes=codes[:, 1],
@@ -94,23 +84,25 @@ def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray) 
 
 def stage_ablation(ctx) -> dict:
     from rqsid_jax.pipeline import retriever_sids
+    from rqsid_jax.retrieval.data import sample_rows
 
     ab = ctx.config.ablation
     top_ks = tuple(ctx.config.hourglass.top_ks)
-    if ab.beam < max(max(ab.ks), 10):
+    ks = tuple(sorted(set(ab.ks) | {10}))  # Recall@10 is in every table
+    if ab.beam < ks[-1]:
         raise ConfigError(f"ablation.beam={ab.beam} is smaller than the largest K in ablation.ks={list(ab.ks)}")
     configs = {v: variant_retriever_config(ctx.config.retriever, ab, v, top_ks) for v in ab.variants}
-    test_rows = test_subset(ctx.split.num_users, ab.test_users, ctx.config.seed)
+    test_rows = sample_rows(ctx.split.num_users, ab.test_users, [ctx.config.seed, 7])
     rows = []
     for v, rc in configs.items():
-        path = os.path.join(ctx.dir("ablation"), dir_name(v), "metrics.json")
+        path = os.path.join(ctx.dir("ablation"), file_name(v), "metrics.json")
         if os.path.exists(path):
             logging.info("ablation %s: done, skipped", v)
             with open(path) as f:
                 rows.append(json.load(f))
             continue
         logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
-        rows.append(run_variant(ctx, v, rc, retriever_sids(ctx, rc.sids), test_rows))
+        rows.append(run_variant(ctx, v, rc, retriever_sids(ctx, rc.sids), test_rows, ks))
     table = table_markdown(rows, tuple(ab.ks))
     with open(os.path.join(ctx.dir("ablation"), "table.md"), "w") as f:
         f.write(table)

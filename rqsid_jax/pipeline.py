@@ -237,7 +237,9 @@ def retriever_sids(ctx: Context, name: Optional[str] = None) -> np.ndarray:
     name = name or ctx.config.retriever.sids
     if name == "baseline":
         return np.load(os.path.join(ctx.dir("sids"), "sids.npy"))
-    path = os.path.join(ctx.dir("hourglass"), f"sids_{name.replace('@', '_at_')}.npy")
+    from rqsid_jax.sid.mitigations import file_name
+
+    path = os.path.join(ctx.dir("hourglass"), f"sids_{file_name(name)}.npy")
     if not os.path.exists(path):
         raise ConfigError(f"retriever.sids='{name}': no {path}; add it to hourglass.top_ks or pick another set")
     return np.load(path)

@@ -71,6 +71,13 @@ def query_examples(user_tokens: np.ndarray, histories, vocab: SidVocab, num_item
                     np.full(n, -1, np.int32), np.arange(n))
 
 
+def sample_rows(n: int, k: int, seed) -> np.ndarray:
+    """Sorted random k of n rows, a function of `seed` alone (all rows when k is 0 or >= n)."""
+    if not k or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
 class Collator:
     """Turns example indices into padded token arrays with a fixed encoder length per bucket."""
 

@@ -20,7 +20,8 @@ from rqsid_jax import checkpointing, sharding
 from rqsid_jax.data.dataset import Split
 from rqsid_jax.errors import ConfigError, TrainingError
 from rqsid_jax.retrieval import evaluate
-from rqsid_jax.retrieval.data import BUCKET_ITEMS, Collator, default_buckets, eval_examples, train_examples
+from rqsid_jax.retrieval.data import (BUCKET_ITEMS, Collator, default_buckets, eval_examples, sample_rows,
+                                      train_examples)
 from rqsid_jax.retrieval.model import ModelConfig, Seq2Seq
 from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
 
@@ -160,8 +161,7 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
     steps_per_epoch = len(train.plan(cfg.seed, 0))
     val = eval_examples(split, r.vocab, "validation", cfg.max_history)
     if cfg.eval_users and cfg.eval_users < len(val):
-        pick = np.sort(np.random.default_rng([cfg.seed, 99]).permutation(len(val))[: cfg.eval_users])
-        val = val.subset(pick)
+        val = val.subset(sample_rows(len(val), cfg.eval_users, [cfg.seed, 99]))
     mngr = checkpointing.manager(os.path.join(ckpt_dir, "last")) if ckpt_dir else None
     best_mngr = checkpointing.manager(os.path.join(ckpt_dir, "best"), max_to_keep=1) if ckpt_dir else None
     start = 0

@@ -58,7 +58,7 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
         json.dump(metrics, f, indent=1)
     np.save(os.path.join(out_dir, "head_tokens_layer2.npy"), np.asarray(base["head_tail"]["head_tokens"], np.int32))
     for s in sets:
-        np.save(os.path.join(out_dir, f"sids_{s.name.replace('@', '_at_')}.npy"), s.sids)
+        np.save(os.path.join(out_dir, f"sids_{mitigations.file_name(s.name)}.npy"), s.sids)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render(metrics, title))
     return metrics
