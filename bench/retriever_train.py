@@ -11,14 +11,13 @@ import time
 
 import jax
 import numpy as np
-import optax
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import emit, median  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
 from rqsid_jax.data import load_dataset  # noqa: E402
 from rqsid_jax.retrieval.data import Collator, train_examples  # noqa: E402
-from rqsid_jax.retrieval.train import build, default_config, make_train_step, schedule  # noqa: E402
+from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
 
 
 def sids_for(n, path):
@@ -52,7 +51,7 @@ def main():
     ex = train_examples(sp, r.vocab)
     col = Collator(ex, r.item_tok, r.buckets, a.batch)
     plan = col.plan(0, 0)
-    tx = optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay)
+    tx = optimizer(cfg)
     mesh = sharding.data_mesh()
     state = sharding.replicate({"params": params, "opt_state": tx.init(params), "step": jax.numpy.int32(0)}, mesh)
     step = jax.jit(make_train_step(r, cfg, tx), donate_argnums=0)

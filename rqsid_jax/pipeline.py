@@ -246,10 +246,12 @@ def retriever_sids(ctx: Context, name: Optional[str] = None) -> np.ndarray:
 
 
 def stage_retriever(ctx: Context) -> dict:
+    from rqsid_jax.retrieval import curves
     from rqsid_jax.retrieval.train import train_retriever
 
     d = ctx.dir("retriever")
     writer = _tb_writer(ctx, "retriever")
+    log_path = os.path.join(d, "log.jsonl")  # appended across resumes: the whole curve survives a kill
 
     def log(m):
         if writer is not None:
@@ -257,14 +259,20 @@ def stage_retriever(ctx: Context) -> dict:
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(f"retriever/{k}", v, m["step"])
             writer.flush()
+        if ctx.is_main:
+            curves.append(log_path, m)
 
-    t = time.time()
-    _, _, history = train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split,
-                                    os.path.join(d, "checkpoints"), ctx.mesh, log=log, progress=ctx.progress)
-    write_json(os.path.join(d, "history.json"), history)
-    best = max(history, key=lambda h: h.get("val_ndcg@10", -1)) if history else {}
-    return {"seconds": time.time() - t, "evaluations": len(history), "best": best,
-            "last_step": history[-1]["step"] if history else None}
+    train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split, os.path.join(d, "checkpoints"),
+                    ctx.mesh, log=log, progress=ctx.progress)
+    train, history = curves.read(log_path)
+    out = {"evaluations": len(history), "last_step": max((r["step"] for r in train + history), default=None),
+           "best": max(history, key=lambda h: h.get("val_ndcg@10", -1)) if history else {}}
+    if ctx.is_main:
+        write_json(os.path.join(d, "history.json"), history)
+        if train or history:
+            curves.learning_curve_figure(train, history, os.path.join(d, "figures", "learning_curve.png"),
+                                         f"retriever on {ctx.config.dataset} (SIDs: {ctx.config.retriever.sids})")
+    return out
 
 
 def stage_evaluation(ctx: Context) -> dict:

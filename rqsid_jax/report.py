@@ -33,6 +33,9 @@ def write_workdir_report(workdir: str) -> str:
             for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
                 out.append(f"![{f}](hourglass/figures/{f})")
             out.append("")
+        if stage == "retriever" and os.path.exists(os.path.join(workdir, "retriever", "figures", "learning_curve.png")):
+            out += ["Validation curve: `retriever/history.json`; every logged step: `retriever/log.jsonl`.", "",
+                    "![learning_curve.png](retriever/figures/learning_curve.png)", ""]
         table = os.path.join(workdir, stage, "table.md")
         if stage == "ablation" and os.path.exists(table):
             out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",

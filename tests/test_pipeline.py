@@ -58,6 +58,12 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     hits = (pred["top50_item_ids"][:, :10] == pred["target_item_id"][:, None]).any(1).mean()
     assert abs(hits - ev["test"]["all"]["recall@10"]) < 1e-9
     assert os.listdir(wd / "tensorboard" / "tokenizer")
+    # The retriever's curve: every validation of the run in history.json, drawn with the loss.
+    hist = json.load(open(wd / "retriever" / "history.json"))
+    rc = tiny.get_config().retriever
+    assert [h["step"] for h in hist] == list(range(rc.eval_every, rc.num_steps + 1, rc.eval_every))
+    assert (wd / "retriever" / "figures" / "learning_curve.png").stat().st_size > 10_000
+    assert "retriever/figures/learning_curve.png" in open(wd / "report.md").read()
 
 
 TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")

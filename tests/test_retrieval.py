@@ -14,7 +14,7 @@ from rqsid_jax.retrieval.data import Collator, eval_examples, query_examples, tr
 from rqsid_jax.retrieval.metrics import recall_ndcg
 from rqsid_jax.retrieval.model import dropout
 from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
-from rqsid_jax.retrieval.train import build, default_config, make_train_step, schedule, train_retriever
+from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer, train_retriever
 from rqsid_jax.sid.mitigations import top_k_removal
 
 
@@ -152,8 +152,7 @@ def test_one_vs_eight_devices_same_loss():
     sp = _split()
     col = Collator(train_examples(sp, r.vocab), r.item_tok, r.buckets, 32)
     batch = col(col.plan(0, 0)[0])
-    import optax
-    tx = optax.adamw(schedule(cfg))
+    tx = optimizer(cfg)
     step = jax.jit(make_train_step(r, cfg, tx))
     losses = []
     for n in (1, 8):
@@ -163,6 +162,23 @@ def test_one_vs_eight_devices_same_loss():
         _, loss = step(st, b, jax.random.key(0))
         losses.append(float(loss))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_weight_decay_only_on_kernels():
+    # With zero gradients AdamW's update is -lr * wd * param where decay applies, else exactly 0.
+    cfg = tiny_cfg(weight_decay=0.5, warmup_steps=1)
+    _, params = build(cfg, _catalogue())
+    tx = optimizer(cfg)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    flat = {jax.tree_util.keystr(p): (np.asarray(u), np.asarray(w)) for (p, u), w in
+            zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params))}
+    decayed = {k for k, (u, _) in flat.items() if np.abs(u).max() > 0}
+    assert decayed and all("kernel" in k for k in decayed)
+    assert any("embed" in k for k in flat) and not any("embed" in k or "ln" in k or "pos" in k for k in decayed)
+    for k in decayed:
+        u, w = flat[k]
+        np.testing.assert_allclose(u, -cfg.learning_rate * 0.5 * w, rtol=1e-5, atol=1e-9)
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
@@ -185,3 +201,20 @@ def test_training_learns_and_selects_best(tmp_path):
     res = evaluate.evaluate(r, best, eval_examples(sp, r.vocab, "test", 4), beam=5, ks=(1, 5), progress=False)
     assert res["metrics"]["recall@5"] >= 0.75  # chance is 5/12
     assert max(h["val_ndcg@5"] for h in hist) > 0.5 and sum(h["improved"] for h in hist) >= 1
+
+
+def test_training_log_keeps_the_curve_across_a_resume(tmp_path):
+    from rqsid_jax.retrieval import curves
+    path = str(tmp_path / "log.jsonl")
+    for step in (10, 20):
+        curves.append(path, {"step": step, "train_loss": 5.0 - step / 10})
+    curves.append(path, {"step": 20, "val_recall@10": 0.1, "val_ndcg@10": 0.05})
+    # Killed after step 20's checkpoint ... resumed from step 10: step 20 is logged again.
+    curves.append(path, {"step": 20, "train_loss": 3.5})
+    with open(path, "a") as f:
+        f.write('{"step": 30, "train_lo')  # torn line of a kill mid-write
+    train, val = curves.read(path)
+    assert [(r["step"], r["train_loss"]) for r in train] == [(10, 4.0), (20, 3.5)]
+    assert val == [{"step": 20, "val_recall@10": 0.1, "val_ndcg@10": 0.05}]
+    png = curves.learning_curve_figure(train, val, str(tmp_path / "fig" / "curve.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

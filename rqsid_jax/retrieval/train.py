@@ -70,6 +70,17 @@ def schedule(cfg) -> optax.Schedule:
     return lr
 
 
+def decay_mask(params):
+    """AdamW decays the matmul kernels only: embeddings, learned positions, LayerNorm and biases
+    are left alone (decaying LayerNorm scales toward 0 or rare tokens' embeddings only hurts)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "kernel" for k in path), params)
+
+
+def optimizer(cfg) -> optax.GradientTransformation:
+    return optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay, mask=decay_mask)
+
+
 def token_loss(logits, target, kind: str, gamma: float):
     """Per-token loss [B, T]: cross-entropy, focal (1-p)^g * CE, or MiLe H(p)^g * CE.
 
@@ -153,7 +164,7 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
     if cfg.batch_size % mesh.size:
         raise ConfigError(f"retriever.batch_size={cfg.batch_size} is not a multiple of the {mesh.size} devices")
     r, params = build(cfg, sids, cfg.seed)
-    tx = optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay)
+    tx = optimizer(cfg)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
              "best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}
     state = sharding.replicate(state, mesh)
