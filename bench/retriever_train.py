@@ -1,8 +1,12 @@
 """Retriever training throughput at TIGER size on Beauty's real sliding-window examples.
 
+Every variant (matmul precision x encoder input) trains on the same batches in one run, in
+round-robin windows of steps (the machine is shared and noisy: each window of one variant sits
+between windows of the others). Each variant's figure comes with its fraction of that
+precision's matmul peak, measured by a GEMM probe in the same run (precision.gemm_gflops).
+
 Uses the real sequences (RQSID_DATA_DIR) and SIDs from a workdir when given (else random
-unique 3x256 codes: the SID values do not change the compute). Reports the median samples/s
-over several windows of steps, with the fraction of this CPU's fp32 limit it reaches.
+unique 3x256 codes plus a collision column: the SID values do not change the compute).
 """
 import argparse
 import os
@@ -16,8 +20,11 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import emit, median  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
 from rqsid_jax.data import load_dataset  # noqa: E402
-from rqsid_jax.retrieval.data import Collator, train_examples  # noqa: E402
+from rqsid_jax.retrieval import precision  # noqa: E402
+from rqsid_jax.retrieval.data import train_examples  # noqa: E402
 from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
+
+KEYS = ("encoder", "target", "weight")
 
 
 def sids_for(n, path):
@@ -29,74 +36,80 @@ def sids_for(n, path):
     return c.astype(np.int32)
 
 
+def mflop_per_example(cfg, r, enc_positions: float) -> float:
+    """Training FLOPs per example: 6 x (matmul parameters touched per position x positions),
+    plus the cross-attention keys/values of the memory and the attention products."""
+    d, f, hd = cfg.d_model, cfg.mlp_dim, cfg.num_heads * cfg.head_dim
+    dec = r.vocab.max_sid_tokens
+    per_enc = 4 * d * hd + 2 * d * f + 2 * hd * enc_positions  # projections, MLP, scores + mix
+    per_dec = 6 * d * hd + 2 * d * f + 2 * hd * (dec + enc_positions)
+    cross_kv = 2 * d * hd * enc_positions
+    out = r.vocab.user_offset  # logits over SID tokens only
+    return 6 * (cfg.encoder_layers * per_enc * enc_positions
+                + cfg.decoder_layers * (per_dec * dec + cross_kv) + d * out * dec) / 1e6
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data_dir", default=os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014"))
     ap.add_argument("--sids", default="")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--peak_gflops", type=float, default=185.0)
+    ap.add_argument("--steps", type=int, default=20, help="steps per window")
+    ap.add_argument("--repeats", type=int, default=3, help="windows per variant")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--encoder_inputs", default="tokens,items")
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--prng", default="", help="e.g. rbg / unsafe_rbg (jax_default_prng_impl)")
     a = ap.parse_args()
-    if a.prng:
-        jax.config.update("jax_default_prng_impl", a.prng)
     ds = load_dataset("beauty", a.data_dir)
     sp = ds.split()
-    cfg = default_config()
-    cfg.batch_size = a.batch
-    cfg.dropout = a.dropout
-    r, params = build(cfg, sids_for(ds.num_items, a.sids))
-    ex = train_examples(sp, r.vocab)
-    col = Collator(ex, r.item_tok, r.buckets, a.batch)
-    plan = col.plan(0, 0)
-    tx = optimizer(cfg)
+    sids = sids_for(ds.num_items, a.sids)
     mesh = sharding.data_mesh()
-    state = sharding.replicate({"params": params, "opt_state": tx.init(params), "step": jax.numpy.int32(0)}, mesh)
-    step = jax.jit(make_train_step(r, cfg, tx), donate_argnums=0)
-    it = iter(col.dataset(plan, 0, 2))
+    peaks = {dt: precision.gemm_gflops(dt) for dt in a.dtypes.split(",")}
+    variants = {}
+    for dt in a.dtypes.split(","):
+        for inp in a.encoder_inputs.split(","):
+            cfg = default_config()
+            cfg.update(batch_size=a.batch, dropout=a.dropout, dtype=dt, encoder_input=inp)
+            r, params = build(cfg, sids)
+            tx = optimizer(cfg)
+            state = sharding.replicate({"params": params, "opt_state": tx.init(params),
+                                        "step": jax.numpy.int32(0)}, mesh)
+            variants[(dt, inp)] = dict(cfg=cfg, r=r, state=state,
+                                       step=jax.jit(make_train_step(r, cfg, tx), donate_argnums=0))
+    # One batch sequence for every variant (fixed-length SIDs: token and item collation agree).
+    first = next(iter(variants.values()))
+    col = first["r"].collator(train_examples(sp, first["r"].vocab), a.batch)
+    plan = col.plan(0, 0)
+    n_batches = a.steps * a.repeats
+    batches = [col(plan[i]) for i in range(n_batches)]
+    by_shape = {b["encoder"].shape: b for b in batches}
     key = jax.random.key(0)
-    # warm-up: compile every bucket shape
-    seen_shapes, i = set(), 0
-    for b in col.dataset(plan, 0, 2):
-        if b["encoder"].shape in seen_shapes:
-            continue
-        seen_shapes.add(b["encoder"].shape)
-        state, loss = step(state, sharding.shard_batch({k: b[k] for k in ("encoder", "target", "weight")}, mesh), key)
-        if len(seen_shapes) == len(r.buckets):
-            break
-    jax.block_until_ready(loss)
-    rates, tokens = [], []
-    for rep in range(a.repeats):
-        t = time.perf_counter()
-        n = ntok = 0
-        for _ in range(a.steps):
-            b = next(it)
-            state, loss = step(state, sharding.shard_batch({k: b[k] for k in ("encoder", "target", "weight")}, mesh),
-                               jax.random.fold_in(key, i))
-            i += 1
-            n += int(b["weight"].sum())
-            ntok += b["encoder"].size
+    for v in variants.values():  # compile every bucket shape met
+        for b in by_shape.values():
+            v["state"], loss = v["step"](v["state"], sharding.shard_batch({k: b[k] for k in KEYS}, mesh), key)
         jax.block_until_ready(loss)
-        rates.append(n / (time.perf_counter() - t))
-        tokens.append(ntok / (a.steps * a.batch))
-    # FLOPs per example: 6 x params-touched-per-token x tokens (+ attention), from the model config.
-    d, f, hd = cfg.d_model, cfg.mlp_dim, cfg.num_heads * cfg.head_dim
-    enc_tok = median(tokens)
-    dec_tok = r.vocab.max_sid_tokens
-    per_enc_tok = 4 * d * hd + 2 * d * f
-    out = r.vocab.user_offset  # logits over SID tokens only (model.ModelConfig.output_size)
-    per_dec_tok = 6 * d * hd + 2 * d * f  # self-attention q/k/v/o, cross-attention q/o, MLP
-    cross_kv = 2 * d * hd * enc_tok  # cross-attention keys/values of the memory, per decoder layer
-    flops = 6 * (cfg.encoder_layers * per_enc_tok * enc_tok
-                 + cfg.decoder_layers * (per_dec_tok * dec_tok + cross_kv) + d * out * dec_tok)
-    sps = median(rates)
-    emit("retriever_train", samples_per_s=sps, samples_per_s_all=[round(x) for x in rates], target=300,
-         batch=a.batch, examples=len(ex), mean_padded_encoder_tokens=enc_tok,
-         approx_mflop_per_example=flops / 1e6, approx_gflops_per_s=sps * flops / 1e9,
-         fraction_of_peak=sps * flops / 1e9 / a.peak_gflops, peak_gflops_assumed=a.peak_gflops,
-         dropout=a.dropout, prng=a.prng or "threefry")
+        v["rates"] = []
+    for rep in range(a.repeats):
+        window = batches[rep * a.steps:(rep + 1) * a.steps]
+        for v in variants.values():
+            t = time.perf_counter()
+            for i, b in enumerate(window):
+                v["state"], loss = v["step"](v["state"], sharding.shard_batch({k: b[k] for k in KEYS}, mesh),
+                                             jax.random.fold_in(key, i))
+            jax.block_until_ready(loss)
+            v["rates"].append(sum(float(b["weight"].sum()) for b in window) / (time.perf_counter() - t))
+    width = first["r"].vocab.max_sid_tokens
+    enc_tokens = float(np.mean([b["encoder"].shape[1] for b in batches]))
+    for (dt, inp), v in variants.items():
+        positions = enc_tokens if inp == "tokens" else 1 + (enc_tokens - 1) / width
+        mflop = mflop_per_example(v["cfg"], v["r"], positions)
+        sps = median(v["rates"])
+        emit("retriever_train", dtype=dt, encoder_input=inp, samples_per_s=round(sps, 1),
+             samples_per_s_all=[round(x) for x in v["rates"]], target=400 if inp == "tokens" else 1000,
+             batch=a.batch, mean_encoder_positions=round(positions, 2), approx_mflop_per_example=round(mflop, 1),
+             approx_gflops_per_s=round(sps * mflop / 1e3, 1), gemm_peak_gflops=round(peaks[dt], 1),
+             fraction_of_peak=round(sps * mflop / 1e3 / peaks[dt], 3), dropout=a.dropout,
+             steps_per_window=a.steps, fast_bf16_cpu=precision.cpu_has_fast_bf16(), backend=jax.default_backend())
 
 
 if __name__ == "__main__":

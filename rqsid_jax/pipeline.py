@@ -246,7 +246,7 @@ def retriever_sids(ctx: Context, name: Optional[str] = None) -> np.ndarray:
 
 
 def stage_retriever(ctx: Context) -> dict:
-    from rqsid_jax.retrieval import curves
+    from rqsid_jax.retrieval import curves, precision
     from rqsid_jax.retrieval.train import train_retriever
 
     d = ctx.dir("retriever")
@@ -265,7 +265,9 @@ def stage_retriever(ctx: Context) -> dict:
     train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split, os.path.join(d, "checkpoints"),
                     ctx.mesh, log=log, progress=ctx.progress)
     train, history = curves.read(log_path)
-    out = {"evaluations": len(history), "last_step": max((r["step"] for r in train + history), default=None),
+    rc = ctx.config.retriever
+    out = {"dtype": precision.resolve(rc.dtype), "encoder_input": rc.encoder_input,  # as trained here
+           "evaluations": len(history), "last_step": max((r["step"] for r in train + history), default=None),
            "best": max(history, key=lambda h: h.get("val_ndcg@10", -1)) if history else {}}
     if ctx.is_main:
         write_json(os.path.join(d, "history.json"), history)

@@ -81,11 +81,16 @@ def sample_rows(n: int, k: int, seed) -> np.ndarray:
 class Collator:
     """Turns example indices into padded token arrays with a fixed encoder length per bucket."""
 
-    def __init__(self, examples: Examples, item_tok: np.ndarray, buckets: list[int], batch_size: int):
+    def __init__(self, examples: Examples, item_tok: np.ndarray, buckets: list[int], batch_size: int,
+                 compact: bool = True):
         self.ex, self.item_tok, self.buckets, self.batch_size = examples, item_tok, buckets, batch_size
+        # Token input moves PADs of variable-length SIDs to the end; item input keeps each item's
+        # fixed-width slot (identical for fixed-length SIDs, whose slots have no inner PAD).
+        self.compact = compact
         # PAD row for history slot -1
         self.table = np.concatenate([item_tok, np.zeros((1, item_tok.shape[1]), np.int32)])
-        ilen = item_lengths(item_tok)
+        # every item takes its real tokens (compact) or its whole slot (item input)
+        ilen = item_lengths(item_tok) if compact else np.full(len(item_tok), item_tok.shape[1])
         self.enc_len = 1 + np.where(examples.history >= 0, ilen[examples.history], 0).sum(1)
         if self.enc_len.max() > buckets[-1]:
             raise DataError(f"encoder length {self.enc_len.max()} exceeds the largest bucket {buckets[-1]}")
@@ -113,9 +118,9 @@ class Collator:
         i = np.where(real, idx, 0)
         hist = self.ex.history[i]
         toks = self.table[np.where(hist >= 0, hist, -1)].reshape(len(i), -1)
-        # compact: non-PAD tokens first, order kept (variable-length items leave gaps)
-        order = np.argsort(toks == PAD, axis=1, kind="stable")
-        toks = np.take_along_axis(toks, order, axis=1)
+        if self.compact:  # non-PAD tokens first, order kept (variable-length items leave gaps)
+            order = np.argsort(toks == PAD, axis=1, kind="stable")
+            toks = np.take_along_axis(toks, order, axis=1)
         length = self.buckets[int(self.bucket_of[i[real]].max())] if real.any() else self.buckets[0]
         enc = np.zeros((len(i), length), np.int32)
         enc[:, 0] = self.ex.user_token[i]

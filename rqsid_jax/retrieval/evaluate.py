@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
-from rqsid_jax.retrieval.data import Collator, Examples
+from rqsid_jax.retrieval.data import Examples
 from rqsid_jax.retrieval.metrics import KS, recall_ndcg
 from rqsid_jax.retrieval.tokens import PAD
 
@@ -18,7 +18,7 @@ from rqsid_jax.retrieval.tokens import PAD
 def generate(r, params, ex: Examples, beam: int, constrained: bool = True, batch_size: int = 256,
              given_first: bool = False, progress: bool = True):
     """Beam search for every example. Returns (items [E, beam], tokens [E, beam, T], scores [E, beam])."""
-    col = Collator(ex, r.item_tok, r.buckets, batch_size)
+    col = r.collator(ex, batch_size)
     index = DeviceIndex.from_index(r.index)
     n = len(ex)
     items = np.full((n, beam), -1, np.int64)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from rqsid_jax import checkpointing, sharding
 from rqsid_jax.data.dataset import Split
 from rqsid_jax.errors import ConfigError, TrainingError
-from rqsid_jax.retrieval import evaluate
+from rqsid_jax.retrieval import evaluate, precision
 from rqsid_jax.retrieval.data import (BUCKET_ITEMS, Collator, default_buckets, eval_examples, sample_rows,
                                       train_examples)
 from rqsid_jax.retrieval.model import ModelConfig, Seq2Seq
@@ -36,6 +36,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.encoder_layers = 4
     c.decoder_layers = 4
     c.dropout = 0.1
+    # Matmul precision (precision.py): auto = bfloat16 (float32 accumulation) where the hardware
+    # multiplies bfloat16 natively (TPU, GPU, AVX512-BF16/AMX CPUs), else float32.
+    c.dtype = "auto"
+    # Encoder positions: "tokens" (one per SID token, TIGER) or "items" (one per history item).
+    c.encoder_input = "tokens"
     c.num_user_tokens = 2000
     c.max_history = 20
     # Encoder length buckets, in history items (one jit shape each; see data.default_buckets).
@@ -108,18 +113,34 @@ class Retriever:
     item_tok: np.ndarray
     index: PrefixIndex
     buckets: list[int]
+    encoder_input: str = "tokens"
+
+    def collator(self, examples, batch_size: int) -> Collator:
+        """Batches of this model's encoder input: item input keeps each item's fixed-width token
+        slot (no compaction of variable-length SIDs), so the model can sum it per item."""
+        return Collator(examples, self.item_tok, self.buckets, batch_size,
+                        compact=self.encoder_input == "tokens")
 
 
 def build(cfg, sids: np.ndarray, seed: int = 0):
+    """The retriever bundle (structure, vocabulary, prefix index, buckets) and fresh float32
+    parameters for the SID table `sids`, in the precision cfg.dtype resolves to here."""
+    if cfg.encoder_input not in ("tokens", "items"):
+        raise ConfigError(f"retriever.encoder_input='{cfg.encoder_input}' is not tokens or items")
+    if cfg.dtype not in precision.DTYPES:
+        raise ConfigError(f"retriever.dtype='{cfg.dtype}' is not one of {', '.join(precision.DTYPES)}")
     vocab = SidVocab.from_sids(sids, cfg.num_user_tokens)
     item_tok = item_tokens(sids, vocab)
     index = PrefixIndex.build(item_tok)
     buckets = default_buckets(vocab, cfg.max_history, cfg.bucket_items)
+    width = vocab.max_sid_tokens
+    enc_len = buckets[-1] if cfg.encoder_input == "tokens" else 1 + (buckets[-1] - 1) // width
     mc = ModelConfig(vocab.size, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.encoder_layers,
-                     cfg.decoder_layers, cfg.dropout, buckets[-1], vocab.max_sid_tokens + 1, vocab.user_offset)
+                     cfg.decoder_layers, cfg.dropout, enc_len, width + 1, vocab.user_offset,
+                     precision.resolve(cfg.dtype), cfg.encoder_input, width)
     model = Seq2Seq(mc, nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
-    return Retriever(graphdef, vocab, item_tok, index, buckets), params
+    return Retriever(graphdef, vocab, item_tok, index, buckets, cfg.encoder_input), params
 
 
 def make_train_step(r: Retriever, cfg, tx):
@@ -168,7 +189,7 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
              "best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}
     state = sharding.replicate(state, mesh)
-    train = Collator(train_examples(split, r.vocab, cfg.max_history), r.item_tok, r.buckets, cfg.batch_size)
+    train = r.collator(train_examples(split, r.vocab, cfg.max_history), cfg.batch_size)
     steps_per_epoch = len(train.plan(cfg.seed, 0))
     val = eval_examples(split, r.vocab, "validation", cfg.max_history)
     if cfg.eval_users and cfg.eval_users < len(val):
