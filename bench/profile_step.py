@@ -46,34 +46,39 @@ def _frames(hlo: str) -> dict[int, list[str]]:
         while f in frames:
             loc, parent = frames[f]
             names.append(funcs.get(int(locs.get(int(loc), ("0",))[0]), ("?",))[0])
-            f = int(parent) if parent and int(parent) != f else None
+            # the text format prints each parent as its id + 1 (0 = none)
+            f = int(parent) - 1 if parent and int(parent) > 1 else None
         out[fid] = names
     return out
 
 
 # the model's own functions: the innermost one that emitted a matmul names its kind
 MODEL_FUNCTIONS = {"Attention", "MLP", "Seq2Seq", "EncoderLayer", "DecoderLayer", "dense"}
+# LayerNorm's own ops (flax frames are not recorded: they show as the calling layer's)
+NORM_OPS = {"rsqrt", "reduce_sum", "mean", "var", "square", "integer_pow", "div", "sub", "reduce_precision"}
+LAYERS = ("EncoderLayer.__call__", "DecoderLayer.__call__", "Seq2Seq.encode", "Seq2Seq.decode")
 
 
-def category(op_name: str, names: list[str]) -> str:
-    """One cost category for an HLO op from its JAX op name and source functions."""
+def category(instr: str, op_name: str, names: list[str]) -> str:
+    """One cost category for a compiled HLO op (fusion) from its name, its root's JAX op name
+    and the project's source functions that emitted it (innermost first)."""
     prim = op_name.rsplit("/", 1)[-1]
-    joined = " ".join(names)
+    inner = names[0] if names else ""
     if "dropout" in names:
         return "dropout"
-    if "token_loss" in joined:
+    if any(n == "token_loss" or n.endswith("loss_fn") for n in names[:2]):
         return "loss"
-    if "LayerNorm" in joined:
-        return "layernorm"
-    if "_weights" in joined or "softmax" in joined:
+    if "Attention._weights" in names:
         return "softmax"
-    if "dot_general" in prim:
+    if "dot_general" in prim or instr.startswith(("ynn_fusion", "dot")):
         model = [n for n in names if n.split(".")[0] in MODEL_FUNCTIONS]
         return "attention einsums" if model and model[0] == "Attention.__call__" else "dense matmuls"
-    if prim in ("transpose", "copy") or "transpose" in op_name:
+    if instr.startswith(("copy", "transpose")) or prim in ("transpose", "copy"):
         return "layout copies"
-    if "optax" in joined or "adam" in joined.lower() or "apply_updates" in joined or "tree_map" in joined:
+    if inner.startswith("make_train_step.<locals>.step"):
         return "optimizer"
+    if prim in NORM_OPS and inner in LAYERS:
+        return "layernorm"
     return "other elementwise"
 
 
@@ -83,7 +88,7 @@ def profile(step, state, batch, key, hlo: str, steps: int = 3) -> dict:
     for line in hlo.splitlines():
         m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = .*?op_name=\"([^\"]*)\"(?: stack_frame_id=(\d+))?", line)
         if m:
-            meta[m.group(1)] = (m.group(2), frames.get(int(m.group(3) or -1), []))
+            meta[m.group(1)] = (m.group(1), m.group(2), frames.get(int(m.group(3) or -1), []))
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for i in range(steps):
@@ -122,9 +127,9 @@ def main():
             t = time.perf_counter()
             host = [col(plan[i]) for i in range(20)]
             collate_ms = (time.perf_counter() - t) / 20 * 1e3
-            # a batch of the median encoder length
-            lengths = [b["encoder"].shape[1] for b in host]
-            b = host[int(np.argsort(lengths)[len(lengths) // 2])]
+            # a batch whose encoder length is nearest the epoch's mean padded length
+            lengths = np.array([r.buckets[int(col.bucket_of[p[p >= 0]].max())] for p in plan])
+            b = col(plan[int(np.argmin(np.abs(lengths - lengths.mean())))])
             batch = sharding.shard_batch({k: b[k] for k in KEYS}, mesh)
             fn = jax.jit(make_train_step(r, cfg, tx), donate_argnums=0)
             key = jax.random.key(0)

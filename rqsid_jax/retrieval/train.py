@@ -240,8 +240,10 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
                 m = evaluate.evaluate(r, state["params"], val, beam=cfg.eval_beam, ks=sorted({min(5, k_sel), k_sel}),
                                       batch_size=256, progress=False)
                 score = m["metrics"][f"ndcg@{k_sel}"]
-                improved = score > float(state["best"])
-                state["best"] = jnp.float32(max(score, float(state["best"])))
+                # compared in float32, the precision the best score is kept (and checkpointed) in:
+                # a float64 score equal to the best would otherwise beat its own float32 rounding
+                improved = bool(np.float32(score) > np.float32(state["best"]))
+                state["best"] = jnp.float32(max(np.float32(score), np.float32(state["best"])))
                 state["bad_evals"] = jnp.int32(0 if improved else int(state["bad_evals"]) + 1)
                 if improved:
                     best_params = jax.tree.map(jnp.copy, state["params"])
