@@ -6,7 +6,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import emit, median  # noqa: E402
