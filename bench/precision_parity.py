@@ -33,6 +33,13 @@ def main():
     sp = ds.split()
     sids = sids_for(ds.num_items, a.sids)
     mesh = sharding.data_mesh()
+    cfg32 = default_config()
+    cfg32.update(dtype="float32", encoder_input=a.encoder_input)
+    r32, _ = build(cfg32, sids, cfg32.seed)
+    val = eval_examples(sp, r32.vocab, "validation")
+    val = val.subset(sample_rows(len(val), a.val_users, [cfg32.seed, 7]))
+    vcol = r32.collator(val, 250)
+    f = jax.jit(make_eval_loss(r32, cfg32))
     losses = {}
     for dt in ("float32", "bfloat16"):
         cfg = default_config()
@@ -49,13 +56,6 @@ def main():
         train_loss = float(loss)
         train_s = time.time() - t0
         # validation loss in float32 for both (the checkpointed parameters are float32 in both)
-        cfg32 = default_config()
-        cfg32.update(dtype="float32", encoder_input=a.encoder_input)
-        r32, _ = build(cfg32, sids, cfg.seed)
-        val = eval_examples(sp, r32.vocab, "validation")
-        val = val.subset(sample_rows(len(val), a.val_users, [cfg.seed, 7]))
-        vcol = r32.collator(val, 250)
-        f = jax.jit(make_eval_loss(r32, cfg32))
         tot = cnt = 0.0
         for idx in vcol.plan(0, 0, shuffle=False):
             b = vcol(idx)

@@ -3,7 +3,7 @@
 Every variant (matmul precision x encoder input) trains on the same batches in one run, in
 round-robin windows of steps (the machine is shared and noisy: each window of one variant sits
 between windows of the others). Each variant's figure comes with its fraction of that
-precision's matmul peak, measured by a GEMM probe in the same run (precision.gemm_gflops).
+precision's matmul peak, measured by a GEMM probe in the same run (gemm_gflops).
 
 Uses the real sequences (RQSID_DATA_DIR) and SIDs from a workdir when given (else random
 unique 3x256 codes plus a collision column: the SID values do not change the compute).
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from bench.common import emit, median  # noqa: E402
+from bench.common import emit, gemm_gflops, median  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
 from rqsid_jax.data import load_dataset  # noqa: E402
 from rqsid_jax.retrieval import precision  # noqa: E402
@@ -64,7 +64,7 @@ def main():
     sp = ds.split()
     sids = sids_for(ds.num_items, a.sids)
     mesh = sharding.data_mesh()
-    peaks = {dt: precision.gemm_gflops(dt) for dt in a.dtypes.split(",")}
+    peaks = {dt: gemm_gflops(dt) for dt in a.dtypes.split(",")}
     variants = {}
     for dt in a.dtypes.split(","):
         for inp in a.encoder_inputs.split(","):

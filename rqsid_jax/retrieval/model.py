@@ -81,8 +81,7 @@ class Attention(nnx.Module):
         """x [B, T, d] projected straight into n head-major tensors [B, h, T, dh]. The same
         kernel as proj(x) read as [d, n, h, dh]: XLA then needs no transpose between the
         projection and the per-head matmuls (bench/retriever_train.py: 7-9% faster steps). One
-        product per tensor (keys, values): no slicing copy of a joint [n, ...] result
-        (item-level input, same batch: 690 -> 606 ms a step; token input unchanged)."""
+        product per tensor (keys, values): no slicing copy of a joint [n, ...] result."""
         w = proj.kernel[...].reshape(x.shape[-1], n, self.h, self.dh)
         return [einsum("btm,mhd->bhtd", x, w[:, i], self.dtype) for i in range(n)]
 

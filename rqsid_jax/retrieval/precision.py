@@ -15,7 +15,6 @@ the compute-dtype operands (half the memory of float32 ones).
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ def resolve(dtype: str, platform: str | None = None) -> str:
     CPU without it, e.g. AMD Zen 3, XLA emulates bfloat16 matmuls at ~0.6x float32 speed:
     bench/retriever_train.py measures both)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+        raise ValueError(f"dtype='{dtype}' is not one of {', '.join(DTYPES)}")
     if dtype != "auto":
         return dtype
     platform = platform or jax.default_backend()
@@ -61,7 +60,7 @@ def _grad_equations(eq: str) -> tuple[str, str]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _mixed(eq: str, dtype: str, a, b):
-    return jnp.einsum(eq, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+    return _mixed_fwd(eq, dtype, a, b)[0]
 
 
 def _mixed_fwd(eq, dtype, a, b):
@@ -97,19 +96,3 @@ def dense(layer, x, dtype: str = "float32"):
     w = layer.kernel[...]
     y = einsum("nm,mk->nk", x.reshape(-1, x.shape[-1]), w, dtype).reshape(*x.shape[:-1], w.shape[-1])
     return y if layer.bias is None else y + layer.bias[...]
-
-
-def gemm_gflops(dtype: str, m: int = 7424, k: int = 128, n: int = 1024, repeats: int = 5) -> float:
-    """Measured GFLOP/s of one [m, k] x [k, n] product in `dtype` with float32 accumulation (the
-    matmul peak a bench reports its fraction of). Best of `repeats` after a warm-up."""
-    f = jax.jit(lambda x, w: einsum("mk,kn->mn", x, w, dtype))
-    x = jax.random.normal(jax.random.key(0), (m, k))
-    w = jax.random.normal(jax.random.key(1), (k, n))
-    jax.block_until_ready(f(x, w))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(x, w))
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * m * k * n / best / 1e9
-

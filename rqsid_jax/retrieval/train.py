@@ -127,8 +127,10 @@ def build(cfg, sids: np.ndarray, seed: int = 0):
     parameters for the SID table `sids`, in the precision cfg.dtype resolves to here."""
     if cfg.encoder_input not in ("tokens", "items"):
         raise ConfigError(f"retriever.encoder_input='{cfg.encoder_input}' is not tokens or items")
-    if cfg.dtype not in precision.DTYPES:
-        raise ConfigError(f"retriever.dtype='{cfg.dtype}' is not one of {', '.join(precision.DTYPES)}")
+    try:
+        dtype = precision.resolve(cfg.dtype)
+    except ValueError as e:
+        raise ConfigError(f"retriever.{e}") from None
     vocab = SidVocab.from_sids(sids, cfg.num_user_tokens)
     item_tok = item_tokens(sids, vocab)
     index = PrefixIndex.build(item_tok)
@@ -137,7 +139,7 @@ def build(cfg, sids: np.ndarray, seed: int = 0):
     enc_len = buckets[-1] if cfg.encoder_input == "tokens" else 1 + (buckets[-1] - 1) // width
     mc = ModelConfig(vocab.size, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.encoder_layers,
                      cfg.decoder_layers, cfg.dropout, enc_len, width + 1, vocab.user_offset,
-                     precision.resolve(cfg.dtype), cfg.encoder_input, width)
+                     dtype, cfg.encoder_input, width)
     model = Seq2Seq(mc, nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     return Retriever(graphdef, vocab, item_tok, index, buckets, cfg.encoder_input), params
