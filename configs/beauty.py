@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer = "rqvae"  # rqvae | rqkmeans
     c.rqvae = rqvae_config()
     c.rqkmeans = ml_collections.ConfigDict({"levels": 3, "codebook_size": 256, "iters": 25})
+    # 'token': TIGER's extra collision token (L+1 tokens); 'reassign': items sharing their first
+    # L-1 codes get distinct last codes by a minimum-cost assignment (L tokens, sid/assign.py)
+    c.sid_collisions = "token"
 
     c.hourglass = ml_collections.ConfigDict()
     c.hourglass.top_ks = (10, 20, 50, 100)

@@ -25,13 +25,14 @@ from rqsid_jax.data import load_dataset
 from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.errors import ConfigError
 
+SID_COLLISIONS = ("token", "reassign")  # see configs/beauty.py
 STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
 # Which config sections each stage depends on (besides its upstream stages).
 STAGE_KEYS = {
     "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
-    "embeddings": ("embeddings",),
+    "embeddings": ("embeddings", "seed"),  # the collaborative method draws from the seed
     "tokenizer": ("tokenizer", "rqvae", "rqkmeans", "seed"),
-    "sids": (),
+    "sids": ("sid_collisions",),
     "hourglass": ("hourglass",),
     "retriever": ("retriever",),
     "evaluation": ("evaluation",),
@@ -198,19 +199,31 @@ def tokenizer_encoder(ctx: Context, emb: np.ndarray) -> tuple[Callable, int, Cal
 
 def stage_sids(ctx: Context) -> dict:
     from rqsid_jax.quantization.kernels import residual_encode
-    from rqsid_jax.sid.assign import save_sids, sid_report
+    from rqsid_jax.sid.assign import collision_free_codes, save_sids, sid_report
 
+    mode = ctx.config.get("sid_collisions", "token")
     emb = load_embeddings(ctx)
     enc, M, latents = tokenizer_encoder(ctx, emb)
     x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
     codes = np.asarray(enc(sharding.shard_batch(x, ctx.mesh)))[:n]
     books, z = latents(emb)
     _, residuals, q = residual_encode(books, z)
+    z, q, books, residuals = (np.asarray(a) for a in (z, q, books, residuals))
+    extra = {"sid_collisions": mode}
+    if mode == "reassign":
+        last = residuals[-1]  # each item's input to the last level: cost of every last code
+        cost = (last ** 2).sum(1)[:, None] - 2 * last @ books[-1].T + (books[-1] ** 2).sum(1)[None]
+        new = collision_free_codes(codes, cost)
+        q_new = sum(books[level][new[:, level]] for level in range(new.shape[1]))
+        extra.update(reassigned_items=int((new != codes).any(1).sum()),
+                     reconstruction_mse_before_reassign=float(np.mean((z - q) ** 2)))
+        codes, q = new, q_new
     d = ctx.dir("sids")
-    np.save(os.path.join(d, "residuals.npy"), np.asarray(residuals))
+    np.save(os.path.join(d, "residuals.npy"), residuals)
     items = ctx.dataset.items
-    save_sids(d, codes, items.ids, items.asins, items.titles)
-    return sid_report(codes, M, recon_mse=float(np.mean((np.asarray(z) - np.asarray(q)) ** 2)))
+    sids = save_sids(d, codes, items.ids, items.asins, items.titles, collision_token_always=(mode == "token"))
+    return {**sid_report(codes, M, recon_mse=float(np.mean((z - q) ** 2))), **extra,
+            "sid_tokens": int(sids.shape[1])}
 
 
 def stage_hourglass(ctx: Context) -> dict:
@@ -346,6 +359,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; stages are {list(STAGES)}")
+    if config.get("sid_collisions", "token") not in SID_COLLISIONS:
+        raise ConfigError(f"sid_collisions='{config.sid_collisions}' is not one of {SID_COLLISIONS}")
     os.makedirs(workdir, exist_ok=True)
     ctx = Context(config, workdir, progress)
     if ctx.is_main:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rqsid_jax.data import load_dataset, read_p5, read_raw_amazon, read_user_interactions
-from rqsid_jax.data.dataset import kcore, hash_user
-from rqsid_jax.data.embeddings import collaborative_embed, item_embeddings
+from rqsid_jax.data.dataset import ItemTable, SequenceDataset, hash_user, kcore
+from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.data.text import item_text
 from rqsid_jax.errors import DataError
 from tests.fixtures import write_raw
@@ -148,15 +148,37 @@ def test_user_interactions_and_embedding_errors(tmp_path):
         read_user_interactions(str(tmp_path / "ok.csv"), str(tmp_path / "obj.npy"))
 
 
-def test_collaborative_embeddings_use_training_part_only():
+def test_collaborative_embeddings_use_training_part_only(tmp_path):
     rng = np.random.default_rng(0)
-    train = [rng.integers(0, 30, 8).astype(np.int32) for _ in range(200)]
-    e1 = collaborative_embed(train, 40, dim=8)
+    seqs = [rng.integers(0, 30, 8).astype(np.int32) for _ in range(200)]
+    items = ItemTable.bare([str(i) for i in range(40)])
+    ds = SequenceDataset("t", items, [f"u{i}" for i in range(200)], seqs)
+    e1 = item_embeddings(ds, ds.split(), "collaborative", str(tmp_path / "a"), dim=8)
     assert e1.shape == (40, 8) and np.isfinite(e1).all()
-    np.testing.assert_array_equal(e1, collaborative_embed(train, 40, dim=8))  # deterministic
-    # Items 30..39 never occur in training: their vectors carry no co-occurrence signal,
-    # and changing what happens outside the training part cannot change any vector.
+    # Items 30..39 never occur in training: their vectors carry no co-occurrence signal.
     assert np.abs(e1[30:]).mean() < np.abs(e1[:30]).mean()
+    # The validation and test items (the last two of every sequence) replaced by others:
+    # the same training part, so the same embeddings, through the pipeline's function.
+    changed = [np.concatenate([s[:-2], rng.integers(0, 40, 2).astype(np.int32)]) for s in seqs]
+    ds2 = SequenceDataset("t", items, [f"u{i}" for i in range(200)], changed)
+    assert any((a[-2:] != b[-2:]).any() for a, b in zip(seqs, changed))
+    np.testing.assert_array_equal(item_embeddings(ds2, ds2.split(), "collaborative", str(tmp_path / "b"), dim=8), e1)
+    # ... while a changed training item does change them, and so does the seed
+    trained = [s.copy() for s in seqs]
+    trained[0][0] = (trained[0][0] + 1) % 30
+    ds3 = SequenceDataset("t", items, [f"u{i}" for i in range(200)], trained)
+    assert not np.array_equal(item_embeddings(ds3, ds3.split(), "collaborative", str(tmp_path / "c"), dim=8), e1)
+    assert not np.array_equal(item_embeddings(ds, ds.split(), "collaborative", str(tmp_path / "a"), dim=8,
+                                              seed=1), e1)
+
+
+def test_embeddings_stage_fingerprint_covers_the_seed():
+    from configs import tiny
+    from rqsid_jax import pipeline
+    c = tiny.get_config()
+    a = pipeline.Context(c, "/unused").fingerprint("embeddings")
+    c.seed += 1  # the collaborative method draws its cold-item vectors from the seed
+    assert pipeline.Context(c, "/unused").fingerprint("embeddings") != a
 
 
 def test_tfds_builder_roundtrip_without_tensorflow(tmp_path):

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from rqsid_jax.sid import hourglass, mitigations
+from rqsid_jax.sid.assign import collision_free_codes, unique_sids
 from rqsid_jax.sid.report import write_report
 
 
@@ -45,10 +47,20 @@ def test_head_tail_split():
     assert head.tolist() == [2, 5] and is_head.sum() == 9
 
 
-def test_capacity_formula():
-    assert mitigations.capacity_top_k(256, 3, 0) == 256 ** 3
-    assert mitigations.capacity_top_k(4, 3, 2) == 64 + 2 * (4 - 16)
-    assert mitigations.remove_layer(np.zeros((3, 3), int), 4).capacity == 16
+@pytest.mark.parametrize("M,L,K", [(4, 3, 2), (4, 3, 1), (3, 4, 2), (5, 3, 4), (4, 2, 3)])
+def test_capacity_counts_every_top_k_sid(M, L, K):
+    # Every code tuple once: all layer-2 tokens are equally frequent, so the top K are 0..K-1;
+    # the distinct (collision-free) SIDs the construction emits are its capacity.
+    codes = np.array(list(itertools.product(range(M), repeat=L)))
+    s = mitigations.top_k_removal(codes, M, K)
+    assert set(np.unique(codes[s.sids[:, 1] == mitigations.ABSENT, 1])) == set(range(K))
+    distinct = np.unique(s.sids[:, :L], axis=0).shape[0]
+    assert mitigations.capacity_top_k(M, L, K) == distinct
+    assert s.capacity == distinct
+    if (M, L, K) == (4, 3, 2):
+        assert distinct == 48 != M ** L + K * (M ** (L - 2) - M ** (L - 1))  # the paper's formula: 40
+    assert mitigations.capacity_top_k(M, L, 0) == M ** L
+    assert mitigations.remove_layer(codes, M).capacity == np.unique(codes[:, [0] + list(range(2, L))], axis=0).shape[0]
 
 
 def _skewed(n=2000, m=32, seed=0):
@@ -95,3 +107,47 @@ def test_hourglass_detected_on_skewed_middle_layer(tmp_path):
     for f in m["figures"].values():
         assert os.path.getsize(tmp_path / f) > 10_000  # real PNGs
     assert json.load(open(tmp_path / "metrics.json"))["mitigations"][0]["name"] == "baseline"
+
+
+def _brute_min_cost(cost):
+    """Minimum total cost of giving each row a distinct column, by enumeration."""
+    g, m = cost.shape
+    return min(sum(cost[i, p[i]] for i in range(g)) for p in itertools.permutations(range(m), g))
+
+
+def test_collision_free_codes_are_unique_at_minimum_cost():
+    rng = np.random.default_rng(0)
+    M = 5
+    codes = np.concatenate([rng.integers(0, 12, (300, 2)), rng.integers(0, M, (300, 1))], 1)
+    codes[:12] = [99, 99, 1]  # one group of twelve colliding items: more than twice the codebook
+    cost = rng.uniform(0, 1, (300, M))
+    cost[np.arange(300), codes[:, 2]] = 0.0  # the quantizer's own choice is the cheapest
+    cost[:12] = rng.uniform(0, 1, (12, M))
+    cost[:12, 1] = 0.0
+    out = collision_free_codes(codes, cost)
+    np.testing.assert_array_equal(out[:, :2], codes[:, :2])  # only the last level moves
+    prefix_groups, solved, big = {}, 0, 0
+    for i, row in enumerate(codes[:, :2].tolist()):
+        prefix_groups.setdefault(tuple(row), []).append(i)
+    for rows in prefix_groups.values():
+        rows = np.array(rows)
+        if rows.size > M:  # e.g. the twelve-item group: each code offered 3 times, so at most triples remain
+            big += 1
+            assert np.bincount(out[rows, 2], minlength=M).max() == -(-rows.size // M)
+            continue
+        assert np.unique(out[rows, 2]).size == rows.size  # distinct last codes
+        if np.unique(codes[rows, 2]).size == rows.size:
+            np.testing.assert_array_equal(out[rows, 2], codes[rows, 2])  # no collision: untouched
+        else:
+            solved += 1
+            assert cost[rows, out[rows, 2]].sum() == pytest.approx(_brute_min_cost(cost[rows]))
+    assert solved > 10 and big >= 1
+    np.testing.assert_array_equal(collision_free_codes(codes, cost), out)  # deterministic
+
+
+def test_unique_sids_drop_the_collision_token_only_when_unique():
+    codes = np.array([[0, 1], [1, 1], [0, 2]])
+    assert unique_sids(codes, collision_token_always=False).shape == (3, 2)
+    assert unique_sids(codes).shape == (3, 3)
+    dup = np.array([[0, 1], [0, 1]])
+    np.testing.assert_array_equal(unique_sids(dup, collision_token_always=False), [[0, 1, 0], [0, 1, 1]])

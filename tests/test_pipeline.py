@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,15 +26,19 @@ def _launch(workdir, *extra):
             "--noprogress", *extra]
 
 
-def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
-    wd = tmp_path / "wd"
-    p = subprocess.Popen(_launch(wd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = wd / "tokenizer" / "checkpoints"
+def _kill_at_first_checkpoint(workdir, ckpt):
+    """Launches the tiny pipeline and kills it (SIGKILL) once `ckpt` holds a finished step."""
+    p = subprocess.Popen(_launch(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (ckpt.exists() and any(d.isdigit() for d in os.listdir(ckpt))):
-        time.sleep(0.2)
+        time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
+
+
+def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
+    wd = tmp_path / "wd"
+    _kill_at_first_checkpoint(wd, wd / "tokenizer" / "checkpoints")
     assert (wd / "embeddings" / "stage.json").exists() and not (wd / "sids" / "stage.json").exists()
     before = _mtimes(wd)
     r = subprocess.run(_launch(wd), cwd=ROOT, capture_output=True, text=True)
@@ -64,6 +69,26 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     assert [h["step"] for h in hist] == list(range(rc.eval_every, rc.num_steps + 1, rc.eval_every))
     assert (wd / "retriever" / "figures" / "learning_curve.png").stat().st_size > 10_000
     assert "retriever/figures/learning_curve.png" in open(wd / "report.md").read()
+
+    # Killed during retriever training (the finished upstream stages copied over): the rerun
+    # resumes from the retriever's checkpoint and ends with the uninterrupted run's results.
+    wd2 = tmp_path / "wd2"
+    for s in TOKENIZER_STAGES:
+        shutil.copytree(wd / s, wd2 / s)
+    _kill_at_first_checkpoint(wd2, wd2 / "retriever" / "checkpoints" / "last")
+    assert not (wd2 / "retriever" / "stage.json").exists()
+    r = subprocess.run(_launch(wd2), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "retriever: resumed from step" in r.stderr  # resumed, not started over
+    def untimed(h):
+        return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in h]
+
+    assert untimed(json.load(open(wd2 / "retriever" / "history.json"))) == untimed(hist)
+    pred2 = np.load(wd2 / "evaluation" / "predictions_test.npz")
+    for k in pred.files:
+        np.testing.assert_array_equal(pred2[k], pred[k], err_msg=k)
+    ev2 = json.load(open(wd2 / "evaluation" / "metrics.json"))
+    assert {k: v for k, v in ev2.items() if "seconds" not in k} == {k: v for k, v in ev.items() if "seconds" not in k}
 
 
 TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
@@ -131,12 +156,22 @@ def test_rqkmeans_tokenizer_and_stage_errors(tmp_path):
     c.stages = TOKENIZER_STAGES
     c.tokenizer = "rqkmeans"
     c.hourglass.run_synthetic = False
+    c.sid_collisions = "reassign"  # collision-free SIDs: 3 tokens, no collision token
     r = pipeline.run(c, str(tmp_path), progress=False)
-    assert r["sids"]["all_sids_unique"] and r["sids"]["used_codes"] == [16, 16, 16]
+    s = r["sids"]
+    assert s["all_sids_unique"] and s["used_codes"] == [16, 16, 16] and s["sid_tokens"] == 3
+    sids, codes = np.load(tmp_path / "sids" / "sids.npy"), np.load(tmp_path / "sids" / "codes.npy")
+    np.testing.assert_array_equal(sids, codes)
+    assert np.unique(sids, axis=0).shape[0] == len(sids) and s["reassigned_items"] > 0
+    # moving items off their nearest last code can only cost reconstruction error
+    assert s["reconstruction_mse"] > s["reconstruction_mse_before_reassign"]
     with pytest.raises(ConfigError, match="unknown stages"):
         pipeline.run(c, str(tmp_path / "x"), stages=["nope"], progress=False)
     with pytest.raises(ConfigError, match="needs stage 'embeddings'"):
         pipeline.run(c, str(tmp_path / "y"), stages=["tokenizer"], progress=False)
+    c.sid_collisions = "tokens"
+    with pytest.raises(ConfigError, match="sid_collisions='tokens'"):
+        pipeline.run(c, str(tmp_path), progress=False)
 
 
 def test_launcher_errors_are_one_line(tmp_path):

@@ -106,11 +106,23 @@ def test_one_vs_eight_devices_same_training(dtype, encoder_input):
     one, l1 = _train(cfg, 1)
     eight, l8 = _train(cfg, 8)
     np.testing.assert_allclose(l1, l8, rtol=1e-4)
-    # Sharding changes only the order of float32 sums; in bfloat16 such a difference can flip
-    # an operand's rounding, so allow 1% of one Adam update (lr 1e-3) there.
-    atol = 1e-6 if dtype == "float32" else 1e-5
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
+    if dtype == "float32":  # sharding changes only the order of float32 sums
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+        return
+    # In bfloat16 a reordered float32 sum can flip an operand's rounding (relative 2^-8), and
+    # Adam's first steps move a parameter by ~lr whatever its gradient's size, so a near-zero
+    # gradient can move it the other way (seen at XLA level 0: one element 7e-4 apart). Compare
+    # what training did instead: each tensor's update, and each optimizer moment, as a whole
+    # (a device that saw other data would change a large part of them).
+    init = build(cfg, _catalogue())[1]
+    for (path, a), b, p0 in zip(jax.tree_util.tree_leaves_with_path(one["params"]), jax.tree.leaves(eight["params"]),
+                                jax.tree.leaves(init)):
+        ua, ub = np.asarray(a) - np.asarray(p0), np.asarray(b) - np.asarray(p0)
+        assert np.linalg.norm(ua - ub) <= 0.05 * np.linalg.norm(ua) + 1e-7, jax.tree_util.keystr(path)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one["opt_state"]), jax.tree.leaves(eight["opt_state"])):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 0.05 * np.linalg.norm(a) + 1e-12, jax.tree_util.keystr(path)
 
 
 def test_bfloat16_resume_is_bit_exact(tmp_path):

@@ -1,9 +1,11 @@
 import itertools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from rqsid_jax import sharding
 from rqsid_jax.data.dataset import SequenceDataset, ItemTable
@@ -43,16 +45,56 @@ def _split(n_items=12, users=40, seed=0):
     return ds.split(buckets=16)
 
 
+@partial(jax.jit, static_argnums=0)
+def _log_probs(graphdef, params, enc, dec_in):
+    """Teacher-forced next-token log-probabilities [B, T, V] (the full model, no KV cache)."""
+    return jax.nn.log_softmax(nnx.merge(graphdef, params)(enc, dec_in))
+
+
 def _brute_force(r, params, enc):
     """Log-probability of every catalogue SID by teacher forcing."""
-    from flax import nnx
-    model = nnx.merge(r.graphdef, params)
     tgt = jnp.asarray(r.item_tok)
     n = tgt.shape[0]
     dec_in = jnp.concatenate([jnp.full((n, 1), BOS), tgt[:, :-1]], 1)
-    logits = model(jnp.repeat(enc, n, axis=0), dec_in)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1)[..., 0]
-    return np.asarray(jnp.sum(jnp.where(tgt != PAD, lp, 0.0), 1))
+    lp = jnp.take_along_axis(_log_probs(r.graphdef, params, jnp.repeat(enc, n, axis=0), dec_in), tgt[..., None], -1)
+    return np.asarray(jnp.sum(jnp.where(tgt != PAD, lp[..., 0], 0.0), 1))
+
+
+def _reference_beam(r, params, enc, beam, first=None):
+    """Textbook beam search in numpy over the catalogue's token sequences, one query at a time.
+
+    Children come from the catalogue rows themselves (not the prefix index), log-probabilities
+    from a full teacher-forced forward pass (not the KV cache), and a finished SID keeps its
+    score while the others grow. Returns (items [beam], scores [beam]) best first.
+    """
+    cat = [tuple(int(t) for t in row if t != PAD) for row in r.item_tok]
+    item_of = {s: i for i, s in enumerate(cat)}
+    T = r.item_tok.shape[1]
+    beams = [((), 0.0)]
+    for t in range(T):
+        live = [p for p, _ in beams if p not in item_of]
+        dec = np.full((beam, T), PAD, np.int32)  # one shape for every step: one compile
+        dec[:, 0] = BOS
+        for j, p in enumerate(live):
+            dec[j, 1:t + 1] = p
+        logp = np.asarray(_log_probs(r.graphdef, params, jnp.repeat(enc[None], beam, 0), jnp.asarray(dec)))[:, t]
+        cand = []
+        for p, s in beams:
+            if p in item_of:
+                cand.append((p, s))
+                continue
+            for c in sorted({q[t] for q in cat if q[:t] == p}):
+                if t == 0 and first is not None and c != first:
+                    continue
+                cand.append((p + (c,), s + float(logp[live.index(p), c])))
+        beams = sorted(cand, key=lambda x: -x[1])[:beam]
+    return np.array([item_of[p] for p, _ in beams]), np.array([s for _, s in beams])
+
+
+def _queries(r, n_items, n=6):
+    """Encoder inputs of n different users (different histories and user tokens)."""
+    ex = eval_examples(_split(n_items=n_items), r.vocab, "test").subset(np.arange(n))
+    return jnp.asarray(r.collator(ex, n)(np.arange(n))["encoder"])
 
 
 @pytest.mark.parametrize("variable", [False, True])
@@ -61,17 +103,88 @@ def test_constrained_beam_equals_brute_force_top_k(variable):
     if variable:
         sids = top_k_removal(sids[:, :3], 4, 2).sids
     r, params = build(tiny_cfg(), sids, seed=3)
-    enc = jnp.asarray([[r.vocab.user_offset + 1] + list(r.item_tok[2][r.item_tok[2] != PAD]) + [PAD] * 3], jnp.int32)
+    enc = _queries(r, len(sids), 2)
     ix = DeviceIndex.from_index(r.index)
     beam = len(sids)  # wide enough to be exhaustive at every depth
     _, scores, items = run_beam(r.graphdef, params, enc, ix, beam)
-    brute = _brute_force(r, params, enc)
-    order = np.argsort(-brute, kind="stable")
-    np.testing.assert_array_equal(np.asarray(items[0]), order)
-    np.testing.assert_allclose(np.asarray(scores[0]), brute[order], rtol=1e-4, atol=1e-4)
+    for q in range(enc.shape[0]):
+        brute = _brute_force(r, params, enc[q:q + 1])
+        order = np.argsort(-brute, kind="stable")
+        np.testing.assert_array_equal(np.asarray(items[q]), order)
+        np.testing.assert_allclose(np.asarray(scores[q]), brute[order], rtol=1e-4, atol=1e-4)
+        # the numpy reference is exhaustive at this width too: it agrees with brute force
+        ref_items, _ = _reference_beam(r, params, enc[q], beam)
+        np.testing.assert_array_equal(ref_items, order)
     # A beam wider than the catalogue: extra slots are -1 with -inf-like scores.
     _, s2, it2 = run_beam(r.graphdef, params, enc, ix, beam + 3)
-    assert (np.asarray(it2[0, beam:]) == -1).all() and (np.asarray(s2[0, beam:]) < -1e29).all()
+    assert (np.asarray(it2[:, beam:]) == -1).all() and (np.asarray(s2[:, beam:]) < -1e29).all()
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_narrow_beam_matches_numpy_reference_for_every_query(variable):
+    """Beams narrower than the catalogue prune at every depth, so the batch x beam row
+    bookkeeping (parents, KV caches, trie nodes) decides the result; six different queries
+    in one batch must each get exactly the reference's beams."""
+    sids = _catalogue(n=20, seed=1)
+    if variable:
+        sids = top_k_removal(sids[:, :3], 4, 2).sids
+    r, params = build(tiny_cfg(), sids, seed=5)
+    enc = _queries(r, len(sids))
+    ix = DeviceIndex.from_index(r.index)
+    for beam in (3, 5):
+        _, scores, items = run_beam(r.graphdef, params, enc, ix, beam)
+        per_query = [np.asarray(items[q]).tolist() for q in range(enc.shape[0])]
+        assert len({tuple(sorted(p)) for p in per_query}) > 1  # the queries really differ
+        for q in range(enc.shape[0]):
+            ref_items, ref_scores = _reference_beam(r, params, enc[q], beam)
+            np.testing.assert_array_equal(np.asarray(items[q]), ref_items)
+            np.testing.assert_allclose(np.asarray(scores[q]), ref_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_given_layer1_probe_forces_the_first_token():
+    sids = _catalogue(n=20, seed=1)
+    r, params = build(tiny_cfg(), sids, seed=5)
+    enc = _queries(r, len(sids))
+    ix = DeviceIndex.from_index(r.index)
+    first_tokens = np.unique(r.item_tok[:, 0])
+    # for each query a first token its unforced beam would not start every beam with
+    _, _, free_items = run_beam(r.graphdef, params, enc, ix, 4)
+    forced = np.array([first_tokens[(q + 1) % len(first_tokens)] for q in range(enc.shape[0])], np.int32)
+    toks, scores, items = run_beam(r.graphdef, params, enc, ix, 4, first=jnp.asarray(forced))
+    toks, items = np.asarray(toks), np.asarray(items)
+    alive = items >= 0
+    assert alive.any(1).all()
+    assert (toks[..., 0][alive] == np.repeat(forced[:, None], 4, 1)[alive]).all()
+    assert (r.item_tok[items[alive], 0] == np.repeat(forced[:, None], 4, 1)[alive]).all()
+    assert not np.array_equal(items, np.asarray(free_items))
+    for q in range(enc.shape[0]):
+        ref_items, ref_scores = _reference_beam(r, params, enc[q], 4, first=int(forced[q]))
+        n = len(ref_items)  # a first token with fewer than 4 items leaves dead beams (-1)
+        np.testing.assert_array_equal(items[q, :n], ref_items)
+        assert (items[q, n:] == -1).all()
+        np.testing.assert_allclose(np.asarray(scores[q, :n]), ref_scores, rtol=1e-4, atol=1e-4)
+    # through evaluate: the probe forces each user's own target's first token
+    ex = eval_examples(_split(n_items=20), r.vocab, "test")
+    got, tok, _ = evaluate.generate(r, params, ex, beam=4, given_first=True, progress=False)
+    want = r.item_tok[ex.target, 0]
+    assert ((tok[..., 0] == want[:, None]) | (got < 0)).all()
+
+
+def test_head_and_tail_partition_the_users():
+    sids = _catalogue(n=20, seed=1)
+    r, params = build(tiny_cfg(), sids, seed=5)
+    ex = eval_examples(_split(n_items=20), r.vocab, "test")
+    layer2 = sids[:, 1]
+    head = np.array([0, 2])
+    res = evaluate.evaluate(r, params, ex, beam=10, ks=(1, 5, 10), head_tokens=head, layer2_codes=layer2,
+                            progress=False)
+    h, t, a = res["head"], res["tail"], res["metrics"]
+    is_head = np.isin(layer2[ex.target], head)
+    assert h["users"] == is_head.sum() and t["users"] == (~is_head).sum() and h["users"] * t["users"] > 0
+    assert h["users"] + t["users"] == a["users"] == len(ex)
+    for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+        assert (h[k] * h["users"] + t[k] * t["users"]) / a["users"] == pytest.approx(a[k], abs=1e-12)
+    assert 0 < a["recall@10"] < 1
 
 
 def test_constrained_never_invalid_unconstrained_measured():
@@ -135,12 +248,65 @@ def test_prefix_index_scales_without_dense_tables():
 def test_training_examples_never_use_valid_or_test_targets():
     sp = _split()
     v = SidVocab.from_sids(_catalogue(), 16)
-    ex = train_examples(sp, v)
+    H = 3  # shorter than most training parts, so windows really slide
+    ex = train_examples(sp, v, max_history=H)
     for u in range(sp.num_users):
-        rows = ex.user == u
-        assert ex.target[rows].tolist() == sp.train[u][1:].tolist()
-        assert rows.sum() == len(sp.train[u]) - 1
-    assert (ex.history < 12).all()
+        rows = np.flatnonzero(ex.user == u)
+        train = sp.train[u]
+        assert ex.target[rows].tolist() == train[1:].tolist()
+        assert rows.size == len(train) - 1
+        assert (ex.user_token[rows] == v.user_offset + sp.user_tokens[u]).all()
+        # example j: the (at most H) training items right before target j, oldest first, -1 after
+        for j, row in enumerate(rows, start=1):
+            want = train[max(0, j - H):j].tolist()
+            assert ex.history[row].tolist() == want + [-1] * (H - len(want))
+    # nothing of the validation or test target of any user enters training
+    assert sum(len(t) - 1 for t in sp.train) == len(ex)
+
+
+def test_leave_one_out_edge_cases():
+    # three interactions (the fewest that split), the history cap exactly reached, and past it
+    H = 4
+    seqs = [np.array([5, 6, 7], np.int32), np.arange(H + 2, dtype=np.int32), np.arange(H + 4, dtype=np.int32),
+            np.array([1, 2], np.int32)]
+    ds = SequenceDataset("t", ItemTable.bare([str(i) for i in range(12)]), ["a", "b", "c", "short"], seqs)
+    sp = ds.split(max_history=H)
+    assert sp.user_ids == ["a", "b", "c"]  # two interactions cannot be split: left out
+    assert sp.train[0].tolist() == [5] and sp.valid_history[0].tolist() == [5]
+    assert (sp.valid_target[0], sp.test_target[0]) == (6, 7) and sp.test_history[0].tolist() == [5, 6]
+    # b: validation history is exactly H items, the test history drops the oldest to stay at H
+    assert sp.valid_history[1].tolist() == [0, 1, 2, 3] and sp.valid_target[1] == 4
+    assert sp.test_history[1].tolist() == [1, 2, 3, 4] and sp.test_target[1] == 5
+    # c: both histories capped to the latest H items
+    assert sp.valid_history[2].tolist() == [2, 3, 4, 5] and sp.valid_target[2] == 6
+    assert sp.test_history[2].tolist() == [3, 4, 5, 6] and sp.test_target[2] == 7
+    v = SidVocab.from_sids(_catalogue(), 16)
+    ex = train_examples(sp, v, max_history=H)
+    assert (ex.user == 0).sum() == 0  # one training item: no (history, next item) pair
+    val = eval_examples(sp, v, "validation", H)
+    assert val.history[0].tolist() == [5, -1, -1, -1] and val.history[1].tolist() == [0, 1, 2, 3]
+    assert eval_examples(sp, v, "test", H).history[2].tolist() == [3, 4, 5, 6]
+
+
+def test_collator_encoder_layout_for_variable_length_sids():
+    codes = np.array([[0, 1, 2], [1, 0, 3], [2, 1, 0], [3, 2, 1]])
+    sids = top_k_removal(codes, 4, 1).sids  # layer-2 token 1 (items 0 and 2) is dropped
+    v = SidVocab.from_sids(sids, 16)
+    tok = item_tokens(sids, v)
+    assert v.variable_length and tok.shape == (4, 5)
+    lens = (tok != PAD).sum(1)
+    assert lens.tolist() == [4, 5, 4, 5]  # c1 c3 coll EOS vs c1 c2 c3 coll EOS
+    ex = query_examples([3], [[0, 1, 2]], v, 4)
+    # token input: the user token, then the items' real tokens back to back (no inner PAD)
+    enc = Collator(ex, tok, [13, 16], 1)(np.array([0]))["encoder"][0]
+    real = [t for i in (0, 1, 2) for t in tok[i] if t != PAD]
+    assert enc.tolist() == [v.user_offset + 3] + real + [PAD] * (16 - 1 - len(real))
+    assert enc.size == 16  # 1 + 4 + 5 + 4 = 14 tokens do not fit the first bucket (13)
+    ex2 = query_examples([3], [[0, 2]], v, 4)
+    assert Collator(ex2, tok, [9, 16], 1)(np.array([0]))["encoder"].shape == (1, 9)  # 1 + 4 + 4 fits
+    # item input: each item keeps its fixed 5-token slot, PAD where its SID is shorter
+    enc = Collator(ex, tok, [16], 1, compact=False)(np.array([0]))["encoder"][0]
+    assert enc.tolist() == [v.user_offset + 3] + tok[[0, 1, 2]].ravel().tolist()
 
 
 def test_bad_queries():

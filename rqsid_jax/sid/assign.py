@@ -33,6 +33,36 @@ def with_collision_token(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, collision_token(codes)[:, None]], axis=1).astype(np.int32)
 
 
+def collision_free_codes(codes: np.ndarray, last_cost: np.ndarray) -> np.ndarray:
+    """Reassigns the last level so that items sharing their first L-1 codes get distinct last
+    codes: a unique L-token SID for every item, no collision token.
+
+    `last_cost` [N, M] is the cost of giving item i last code m (the squared distance of its
+    last-level residual to code m; the quantizer's own choice is its argmin). In every prefix
+    group whose last codes collide, a minimum-total-cost assignment (Hungarian method,
+    scipy.optimize.linear_sum_assignment) picks distinct codes; groups without a collision keep
+    their codes (already the cheapest). A group larger than the codebook cannot be made unique:
+    each code is offered ceil(g / M) times, so its largest remaining collision is that small.
+    Deterministic: groups are visited in sorted prefix order, items in dataset order.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    codes = np.asarray(codes)
+    last_cost = np.asarray(last_cost, np.float64)
+    M = last_cost.shape[1]
+    out = codes.astype(np.int32).copy()
+    _, group = np.unique(codes[:, :-1], axis=0, return_inverse=True)
+    group = group.ravel()
+    order = np.argsort(group, kind="stable")
+    for rows in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
+        if np.unique(codes[rows, -1]).size == rows.size:
+            continue
+        copies = -(-rows.size // M)
+        r, c = linear_sum_assignment(np.tile(last_cost[rows], (1, copies)))
+        out[rows[r], -1] = c % M
+    return out
+
+
 def group_sizes(codes: np.ndarray) -> np.ndarray:
     """Size of every distinct code tuple's group."""
     _, counts = np.unique(np.asarray(codes), axis=0, return_counts=True)
@@ -66,12 +96,21 @@ def sid_report(codes: np.ndarray, codebook_size: int, recon_mse: Optional[float]
     return rep
 
 
+def unique_sids(codes: np.ndarray, collision_token_always: bool = True) -> np.ndarray:
+    """SIDs from codes: TIGER's [N, L+1] with the collision token, or (collision_token_always
+    False) the codes alone when they are already unique, [N, L]."""
+    codes = np.asarray(codes, np.int32)
+    if not collision_token_always and group_sizes(codes).max() == 1:
+        return codes
+    return with_collision_token(codes)
+
+
 def save_sids(directory: str, codes: np.ndarray, item_ids: Sequence[str], asins: Sequence[str],
-              titles: Optional[Sequence[str]] = None) -> np.ndarray:
-    """Writes codes.npy [N, L], sids.npy [N, L+1], item_ids.json (row order) and sid_table.tsv."""
+              titles: Optional[Sequence[str]] = None, collision_token_always: bool = True) -> np.ndarray:
+    """Writes codes.npy [N, L], sids.npy (see unique_sids), item_ids.json (row order) and sid_table.tsv."""
     os.makedirs(directory, exist_ok=True)
     codes = np.asarray(codes, np.int32)
-    sids = with_collision_token(codes)
+    sids = unique_sids(codes, collision_token_always)
     np.save(os.path.join(directory, "codes.npy"), codes)
     np.save(os.path.join(directory, "sids.npy"), sids)
     with open(os.path.join(directory, "item_ids.json"), "w") as f:

@@ -58,10 +58,18 @@ def remove_layer(codes: np.ndarray, codebook_size: int, layer: int = 1) -> SidSe
 
 
 def capacity_top_k(codebook_size: int, levels: int, k: int) -> int:
-    """M^L + K(M^(L-2) - M^(L-1)): K layer-2 tokens lose their M^(L-1)-wide subtrees but the
-    SIDs without them still span M^(L-2) continuations under each (paper section 5.2)."""
+    """Distinct top@K SIDs (without the collision token): M^L - (K - 1) M^(L-1) for K >= 1.
+
+    The K head tokens of layer 2 take their M^(L-1) full SIDs each away, and the shortened
+    SIDs [c1, -, c3..cL] they leave behind are shared by all K: M^(L-1) of them, not K M^(L-2).
+    The paper's section 5.2 writes M^L + K(M^(L-2) - M^(L-1)) (40 for M=4, L=3, K=2); counting
+    every SID the construction can emit gives 48 = 64 - 1 * 16, this formula
+    (tests/test_hourglass.py enumerates it).
+    """
     M, L = codebook_size, levels
-    return M ** L + k * (M ** (L - 2) - M ** (L - 1))
+    if k == 0 or L < 2:
+        return M ** L
+    return M ** L - (k - 1) * M ** (L - 1)
 
 
 def top_k_tokens(codes: np.ndarray, codebook_size: int, k: int, layer: int = 1) -> np.ndarray:
