@@ -9,8 +9,12 @@ def nb(cells):
 
 setup = """import os, sys, subprocess
 # On Colab: clone and install the library (it is imported, never copied into the notebook).
+# RQSID_REPO is the git URL (or path) of your copy of this repository; there is no default.
 if "google.colab" in sys.modules and not os.path.exists("rqsid_jax_repo"):
-    subprocess.run(["git", "clone", os.environ.get("RQSID_REPO", "https://github.com/YOUR_ORG/rqsid_jax"), "rqsid_jax_repo"], check=True)
+    if not os.environ.get("RQSID_REPO"):
+        raise SystemExit("set RQSID_REPO to the git URL of your rqsid_jax repository, e.g. "
+                         "os.environ['RQSID_REPO'] = 'https://github.com/<you>/rqsid_jax'")
+    subprocess.run(["git", "clone", os.environ["RQSID_REPO"], "rqsid_jax_repo"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "rqsid_jax_repo"], check=True)
     os.chdir("rqsid_jax_repo")
 elif os.path.basename(os.getcwd()) == "colab":

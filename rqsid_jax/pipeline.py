@@ -23,9 +23,9 @@ import numpy as np
 from rqsid_jax import ablation, sharding
 from rqsid_jax.data import load_dataset
 from rqsid_jax.data.embeddings import item_embeddings
+from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError
 
-SID_COLLISIONS = ("token", "reassign")  # see configs/beauty.py
 STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
 # Which config sections each stage depends on (besides its upstream stages).
 STAGE_KEYS = {
@@ -359,13 +359,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; stages are {list(STAGES)}")
-    if config.get("sid_collisions", "token") not in SID_COLLISIONS:
-        raise ConfigError(f"sid_collisions='{config.sid_collisions}' is not one of {SID_COLLISIONS}")
+    validate_config(config)  # before anything in the workdir is created, changed or removed
     os.makedirs(workdir, exist_ok=True)
     ctx = Context(config, workdir, progress)
     if ctx.is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(_jsonable(config), f, indent=1)
+        text = json.dumps(_jsonable(config), indent=1)
+        path = os.path.join(workdir, "config.json")
+        if not os.path.exists(path) or open(path).read() != text:  # a finished read-only workdir can be re-checked
+            with open(path, "w") as f:
+                f.write(text)
     results = {}
     for stage in [s for s in STAGES if s in wanted]:
         incomplete = []

@@ -91,11 +91,18 @@ def test_bad_lines_above_threshold_is_error_naming_line(tmp_path):
         read_raw_amazon(r, None)
 
 
-def test_truncated_gzip_counts_as_bad(tmp_path):
-    r, _ = write_raw(tmp_path, _reviews_5core(), [])
-    data = open(r, "rb").read()
-    open(r, "wb").write(data[: len(data) // 2])
-    with pytest.raises(DataError, match="truncated"):
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_damaged_gzip_is_an_error_naming_the_file(tmp_path, damage):
+    # 2,000 good lines: losing the tail would be far under the 1% bad-line threshold
+    rows = [(f"u{k}", f"i{j}", j) for k in range(400) for j in range(5)]
+    r, _ = write_raw(tmp_path, rows, [])
+    data = bytearray(open(r, "rb").read())
+    if damage == "truncated":
+        data = data[: len(data) * 6 // 10]
+    else:
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    open(r, "wb").write(bytes(data))
+    with pytest.raises(DataError, match=r"reviews_Beauty_5.json.gz: truncated or corrupt compressed file after line \d+"):
         read_raw_amazon(r, None)
 
 
@@ -172,6 +179,17 @@ def test_collaborative_embeddings_use_training_part_only(tmp_path):
                                               seed=1), e1)
 
 
+def test_missing_item_text_is_said_or_refused(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 10, 6).astype(np.int32) for _ in range(30)]
+    ds = SequenceDataset("notext", ItemTable.bare([str(i) for i in range(10)]), [f"u{i}" for i in range(30)], seqs)
+    with pytest.raises(DataError, match="notext: embeddings.method='wordllama' needs item text"):
+        item_embeddings(ds, ds.split(), "wordllama")
+    e = item_embeddings(ds, ds.split(), "auto", dim=8)
+    np.testing.assert_array_equal(e, item_embeddings(ds, ds.split(), "collaborative", dim=8))
+    assert any("no item text" in r.message for r in caplog.records)
+
+
 def test_embeddings_stage_fingerprint_covers_the_seed():
     from configs import tiny
     from rqsid_jax import pipeline
@@ -229,3 +247,19 @@ def test_beauty_embeddings_cached(data_dir, tmp_path):
     e2 = item_embeddings(ds, None, "auto", str(tmp_path))
     np.testing.assert_array_equal(e, e2)
     assert os.path.getmtime(tmp_path / "embeddings.npy") == mtime
+
+
+def test_tiny_dataset_is_private_and_never_trusted_stale(tmp_path, monkeypatch):
+    from rqsid_jax.data.tiny import ensure_tiny_dataset, tiny_dataset_files
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    d = ensure_tiny_dataset()
+    assert d.startswith(str(tmp_path / "cache"))
+    want = tiny_dataset_files()
+    path = os.path.join(d, "reviews_tiny_5.json.gz")
+    with open(path, "r+b") as f:  # a stale or tampered copy (here: cut short)
+        f.truncate(100)
+    assert ensure_tiny_dataset() == d
+    assert {n: open(os.path.join(d, n), "rb").read() for n in want} == want
+    assert tiny_dataset_files() == want  # the same bytes each time (no timestamp in the gzip header)
+    ds = load_dataset("tiny", d)
+    assert ds.num_users > 300

@@ -1,5 +1,8 @@
+import copy
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -149,6 +152,31 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     assert after["hourglass"] != before["hourglass"]
     assert os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_3.npy"))
     assert not os.path.exists(os.path.join(wd, "hourglass", "sids_top_at_2.npy"))  # old run cleared
+    # An invalid config stops before the workdir is touched: every file, config.json included,
+    # stays byte-identical (it used to empty checkpoints and rewrite config.json first).
+    snap = _snapshot(wd)
+    for field, value in [("retriever.loss", "bogus"), ("rqvae.codebook_size", 1), ("retriever.num_steps", 0),
+                         ("rqvae.num_steps", -5), ("tokenizer", "pq"), ("sid_collisions", "tokens"),
+                         ("retriever.dtype", "fp8"), ("evaluation.beam", 0), ("rqvae.optimizer", "sgd")]:
+        bad = copy.deepcopy(c)
+        *parents, leaf = field.split(".")
+        node = bad
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        with pytest.raises(ConfigError, match=re.escape(f"{field}={value!r}")):
+            pipeline.run(bad, wd, progress=False)
+        assert _snapshot(wd) == snap, field
+
+
+def _snapshot(workdir):
+    """Every file under workdir -> sha256 of its bytes."""
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
 
 
 def test_rqkmeans_tokenizer_and_stage_errors(tmp_path):

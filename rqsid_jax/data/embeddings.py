@@ -107,11 +107,16 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
             method = "wordllama"
         else:
             method = "collaborative"
+            logging.warning("%s: no item text (metadata missing or empty): embeddings.method=auto uses "
+                            "collaborative embeddings from the training sequences", dataset.name)
     if method == "given":
         if dataset.embeddings is None:
             raise ConfigError("embeddings.method='given' needs the user data form (interactions + .npy)")
         payload = {"given": hashlib.sha256(np.ascontiguousarray(dataset.embeddings, np.float32).tobytes()).hexdigest()}
     elif method in ("wordllama", "sentence_transformers"):
+        if not dataset.items.has_text():
+            raise DataError(f"{dataset.name}: embeddings.method='{method}' needs item text, but the item "
+                            "metadata is missing or empty (use 'collaborative' or supply the metadata file)")
         if text_fields not in ("separate", "joined"):
             raise ConfigError(f"embeddings.text_fields='{text_fields}' is not 'separate' or 'joined'")
         fields = list(item_field_texts(dataset.items)) if text_fields == "separate" else [item_texts(dataset.items)]

@@ -40,8 +40,8 @@ def read_records(
 ) -> Iterator[tuple[int, T]]:
     """Yields (line_number, parse(line)) for every good non-empty line of `path`.
 
-    `parse` raises ValueError/KeyError/TypeError/SyntaxError for a bad line. A
-    truncated gzip stream counts as one bad line at the point it ends.
+    `parse` raises ValueError/KeyError/TypeError/SyntaxError for a bad line. A truncated or
+    corrupt gzip stream is a DataError naming the file, however little of it is missing.
     """
     total = bad = 0
     first_bad: tuple[int, str] | None = None
@@ -53,12 +53,11 @@ def read_records(
                 raw = next(it)
             except StopIteration:
                 break
-            except (EOFError, OSError, zlib.error) as e:  # truncated / corrupt gzip
-                total += 1
-                bad += 1
-                if first_bad is None:
-                    first_bad = (lineno + 1, f"truncated stream: {e}")
-                break
+            except (EOFError, OSError, zlib.error) as e:
+                # A cut or corrupt compressed file is never "a few bad lines": going on with the
+                # part before the damage would silently drop users (a fraction of the data).
+                raise DataError(f"{path}: truncated or corrupt compressed file after line {lineno} "
+                                f"({type(e).__name__}: {e}); re-download or re-copy it") from None
             lineno += 1
             line = raw.strip()
             if not line:

@@ -1,0 +1,68 @@
+"""Whole-config validation, run before the workdir is touched.
+
+Every value that can be checked without the data is checked here, so an invalid config stops
+with one line naming the field and leaves a finished workdir (and its config.json) as it was.
+Data-dependent checks (e.g. a codebook larger than the catalogue) stay with their stage.
+"""
+from __future__ import annotations
+
+from rqsid_jax.errors import ConfigError
+
+POSITIVE = {
+    "rqvae": ("num_steps", "batch_size", "checkpoint_every", "log_every", "latent_dim", "levels", "min_usage",
+              "revive_sample"),
+    "rqkmeans": ("levels", "iters"),
+    "retriever": ("num_steps", "batch_size", "checkpoint_every", "log_every", "d_model", "num_heads", "head_dim",
+                  "mlp_dim", "encoder_layers", "decoder_layers", "max_history", "eval_beam", "num_user_tokens"),
+    "evaluation": ("beam", "batch_size"),
+}
+NON_NEGATIVE = {
+    "rqvae": ("revive_every", "kmeans_iters"),
+    "retriever": ("warmup_steps", "eval_every", "eval_users", "patience"),
+    "evaluation": ("given_layer1_users", "invalid_users"),
+}
+CHOICES = {
+    "tokenizer": ("rqvae", "rqkmeans"),
+    "sid_collisions": ("token", "reassign"),
+    "rqvae.optimizer": ("adamw", "adam", "adagrad"),
+    "retriever.loss": ("ce", "focal", "mile"),
+    "retriever.encoder_input": ("tokens", "items"),
+}
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate_config(config) -> None:
+    """Raises ConfigError naming the first invalid field."""
+    for section, fields in POSITIVE.items():
+        for f in fields:
+            v = _get(config, f"{section}.{f}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{section}.{f}={v!r} must be a positive integer")
+    for section, fields in NON_NEGATIVE.items():
+        for f in fields:
+            v = _get(config, f"{section}.{f}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"{section}.{f}={v!r} must be a non-negative integer")
+    for dotted, allowed in CHOICES.items():
+        v = _get(config, dotted)
+        if v is not None and v not in allowed:
+            raise ConfigError(f"{dotted}={v!r} is not one of {allowed}")
+    cb = _get(config, "rqvae.codebook_size")
+    if cb is not None and cb < 2:
+        raise ConfigError(f"rqvae.codebook_size={cb!r}: need at least 2 codes")
+    lr = _get(config, "retriever.learning_rate")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"retriever.learning_rate={lr!r} must be positive")
+    dtype = _get(config, "retriever.dtype")
+    if dtype is not None:
+        from rqsid_jax.retrieval import precision
+        if dtype not in precision.DTYPES:
+            raise ConfigError(f"retriever.dtype={dtype!r} is not one of {precision.DTYPES}")
