@@ -22,6 +22,8 @@ import numpy as np
 
 from rqsid_jax import ablation, sharding
 from rqsid_jax.data import load_dataset
+from rqsid_jax.data.readers import input_files
+from rqsid_jax.inputs import signatures
 from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError
@@ -100,10 +102,23 @@ class Context:
             self._split = self.dataset.split()
         return self._split
 
+    def input_files(self, stage: str) -> list[str]:
+        """The user's files `stage` reads (their contents enter its fingerprint)."""
+        c = self.config
+        if stage == "data":
+            return input_files(c.dataset, c.data_dir, c.data_format, c.interactions,
+                               c.embeddings.npy_path if c.interactions else "")
+        if stage == "embeddings" and c.embeddings.method in ("npy", "auto") and c.embeddings.npy_path:
+            return [c.embeddings.npy_path]
+        return []
+
     def fingerprint(self, stage: str) -> str:
         if stage not in self.fingerprints:
             part = {k: _jsonable(self.config.get(k)) for k in STAGE_KEYS[stage]}
             part["upstream"] = [self.fingerprint(u) for u in UPSTREAM[stage]]
+            files = self.input_files(stage)
+            if files:  # a changed input file reruns this stage and everything after it
+                part["inputs"] = signatures(files)
             self.fingerprints[stage] = hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
         return self.fingerprints[stage]
 

@@ -1,4 +1,5 @@
 import copy
+import gzip
 import hashlib
 import json
 import os
@@ -139,7 +140,8 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     c = tiny.get_config()
     c.stages = TOKENIZER_STAGES
     c.hourglass.run_synthetic = False
-    wd = str(tmp_path)
+    c.data_dir = str(shutil.copytree(c.data_dir, tmp_path / "data"))  # a copy this test may edit
+    wd = str(tmp_path / "wd")
     pipeline.run(c, wd, progress=False)
     before = _mtimes(wd)
     pipeline.run(c, wd, progress=False)
@@ -167,6 +169,21 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(f"{field}={value!r}")):
             pipeline.run(bad, wd, progress=False)
         assert _snapshot(wd) == snap, field
+    # A changed input file (one user's reviews removed) reruns the data stage and everything
+    # after it, and the results reflect the new data; the same bytes again skip everything.
+    before = _mtimes(wd)
+    users_before = json.load(open(os.path.join(wd, "data", "metrics.json")))["users"]
+    reviews = tmp_path / "data" / "reviews_tiny_5.json.gz"
+    with gzip.open(reviews, "rt") as f:
+        lines = [line for line in f if '"U0000"' not in line]
+    with gzip.open(reviews, "wt") as f:
+        f.writelines(lines)
+    r = pipeline.run(c, wd, progress=False)
+    after = _mtimes(wd)
+    assert all(after[s] != before[s] for s in TOKENIZER_STAGES)
+    assert r["data"]["users"] == users_before - 1
+    pipeline.run(c, wd, progress=False)
+    assert _mtimes(wd) == after
 
 
 def _snapshot(workdir):

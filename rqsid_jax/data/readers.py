@@ -206,9 +206,8 @@ def _header_tolerant(parse):
 
 # ---------------------------------------------------------------- dispatch
 
-def load_dataset(name: str, data_dir: str, fmt: str = "auto", interactions: str = "",
-                 embeddings: str = "", min_count: int = 5) -> SequenceDataset:
-    """Loads `name` from `data_dir` in format 'p5', 'raw', 'user' or 'auto' (detect by files)."""
+def _resolve(name: str, data_dir: str, fmt: str, interactions: str) -> tuple[str, str]:
+    """(format, base directory) that load_dataset reads `name` from."""
     p5_dir = os.path.join(data_dir, name)
     cat = category_of(name)
     reviews = os.path.join(data_dir, f"reviews_{cat}_5.json.gz")
@@ -224,12 +223,37 @@ def load_dataset(name: str, data_dir: str, fmt: str = "auto", interactions: str 
                 f"{data_dir}: no data for '{name}': expected {p5_dir}/sequential_data.txt (P5 form) "
                 f"or {reviews} (+ meta_{cat}.json.gz) (raw Amazon 2014)")
     if fmt == "p5":
-        return read_p5(p5_dir, name=name)
+        return fmt, p5_dir
     if fmt == "raw":
-        base = data_dir if os.path.exists(reviews) else p5_dir
+        return fmt, data_dir if os.path.exists(reviews) else p5_dir
+    if fmt == "user":
+        return fmt, ""
+    raise DataError(f"unknown data format '{fmt}' (expected auto, p5, raw or user)")
+
+
+def input_files(name: str, data_dir: str, fmt: str = "auto", interactions: str = "",
+                embeddings: str = "") -> list[str]:
+    """Every file load_dataset would read for these arguments (those that exist)."""
+    fmt, base = _resolve(name, data_dir, fmt, interactions)
+    cat = category_of(name)
+    if fmt == "p5":
+        paths = [os.path.join(base, f) for f in ("sequential_data.txt", "datamaps.json", "item_meta.jsonl")]
+    elif fmt == "raw":
+        paths = [os.path.join(base, f"reviews_{cat}_5.json.gz"), os.path.join(base, f"meta_{cat}.json.gz")]
+    else:
+        paths = [interactions] + ([embeddings] if embeddings else [])
+    return [p for p in paths if os.path.exists(p)]
+
+
+def load_dataset(name: str, data_dir: str, fmt: str = "auto", interactions: str = "",
+                 embeddings: str = "", min_count: int = 5) -> SequenceDataset:
+    """Loads `name` from `data_dir` in format 'p5', 'raw', 'user' or 'auto' (detect by files)."""
+    fmt, base = _resolve(name, data_dir, fmt, interactions)
+    if fmt == "p5":
+        return read_p5(base, name=name)
+    if fmt == "raw":
+        cat = category_of(name)
         meta = os.path.join(base, f"meta_{cat}.json.gz")
         return read_raw_amazon(os.path.join(base, f"reviews_{cat}_5.json.gz"),
                                meta if os.path.exists(meta) else None, name=name, min_count=min_count)
-    if fmt == "user":
-        return read_user_interactions(interactions, embeddings, name=name, min_count=0)
-    raise DataError(f"unknown data format '{fmt}' (expected auto, p5, raw or user)")
+    return read_user_interactions(interactions, embeddings, name=name, min_count=0)
