@@ -21,12 +21,12 @@ import ml_collections
 import numpy as np
 
 from rqsid_jax import ablation, sharding
-from rqsid_jax.data import load_dataset
-from rqsid_jax.data.readers import input_files
-from rqsid_jax.inputs import signatures
-from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.config_check import validate_config
+from rqsid_jax.data import load_dataset
+from rqsid_jax.data.embeddings import item_embeddings
+from rqsid_jax.data.readers import input_files
 from rqsid_jax.errors import ConfigError
+from rqsid_jax.inputs import signatures
 
 STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
 # Which config sections each stage depends on (besides its upstream stages).
@@ -83,9 +83,11 @@ class Context:
         self.mesh = sharding.data_mesh()
         self._dataset = self._split = None
         self.fingerprints: dict[str, str] = {}
+        self.building: dict[str, str] = {}  # stage -> directory its replacement is built in
 
     def dir(self, stage: str) -> str:
-        return os.path.join(self.workdir, stage)
+        """Where `stage` reads and writes: <workdir>/<stage>, or its build beside a finished one."""
+        return self.building.get(stage) or os.path.join(self.workdir, stage)
 
     @property
     def dataset(self):
@@ -354,6 +356,19 @@ STAGE_FNS = {"data": stage_data, "embeddings": stage_embeddings, "tokenizer": st
              "evaluation": stage_evaluation, "ablation": ablation.stage_ablation}
 
 
+def _finish_swap(d: str) -> None:
+    """Completes (or undoes) a swap of <stage>.next into <stage> that a kill may have cut short:
+    the finished replacement moves in, the previous version is removed only after that."""
+    prev, nxt = d + ".prev", d + ".next"
+    if not os.path.exists(d) and os.path.exists(prev):
+        if os.path.exists(os.path.join(nxt, "stage.json")):
+            os.rename(nxt, d)
+        else:
+            os.rename(prev, d)
+    if os.path.exists(d) and os.path.exists(prev):
+        shutil.rmtree(prev)
+
+
 def _tb_writer(ctx: Context, stage: str):
     if not ctx.is_main:
         return None
@@ -394,27 +409,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
                 logging.warning("stage %s: upstream stage %s is incomplete (--partial)", stage, up)
                 incomplete.append(up)
         d = ctx.dir(stage)
+        _finish_swap(d)
         if ctx.is_done(stage):
             logging.info("stage %s: up to date, skipped", stage)
             with open(os.path.join(d, "metrics.json")) as f:
                 results[stage] = json.load(f)
             continue
-        fp_path = os.path.join(d, "fingerprint")
+        # A finished stage of another config or input stays until its replacement is complete:
+        # the new run is built beside it in <stage>.next/ (resumable there) and swapped in last.
+        build = d + ".next" if os.path.exists(os.path.join(d, "stage.json")) else d
+        fp_path = os.path.join(build, "fingerprint")
         if os.path.exists(fp_path) and open(fp_path).read().strip() != ctx.fingerprint(stage):
-            logging.info("stage %s: config changed, starting over", stage)
-            shutil.rmtree(d)
-        os.makedirs(d, exist_ok=True)
+            logging.info("stage %s: config changed, starting over in %s", stage, build)
+            shutil.rmtree(build)
+        os.makedirs(build, exist_ok=True)
         with open(fp_path, "w") as f:
             f.write(ctx.fingerprint(stage))
         logging.info("stage %s: running", stage)
         t = time.time()
-        metrics = STAGE_FNS[stage](ctx)
+        ctx.building[stage] = build
+        try:
+            metrics = STAGE_FNS[stage](ctx)
+        finally:
+            ctx.building.pop(stage)
         metrics["wall_seconds"] = time.time() - t
         if incomplete:
             metrics["incomplete_upstream"] = incomplete
         if ctx.is_main:
-            write_json(os.path.join(d, "metrics.json"), metrics)
-            write_json(os.path.join(d, "stage.json"), {"fingerprint": ctx.fingerprint(stage), "complete": True})
+            write_json(os.path.join(build, "metrics.json"), metrics)
+            write_json(os.path.join(build, "stage.json"), {"fingerprint": ctx.fingerprint(stage), "complete": True})
+            if build != d:
+                os.rename(d, d + ".prev")
+                _finish_swap(d)
         results[stage] = metrics
     if ctx.is_main:
         from rqsid_jax.report import write_workdir_report

@@ -169,6 +169,19 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(f"{field}={value!r}")):
             pipeline.run(bad, wd, progress=False)
         assert _snapshot(wd) == snap, field
+    # A valid-looking config that fails inside a rerun stage (a codebook larger than the
+    # catalogue) loses nothing: the new tokenizer is built beside the finished one, which stays.
+    big = copy.deepcopy(c)
+    big.rqvae.codebook_size = 4096
+    with pytest.raises(ConfigError, match="rqvae.codebook_size=4096 exceeds"):
+        pipeline.run(big, wd, progress=False)
+    now = _snapshot(wd)
+    assert all(now.get(k) == v for k, v in snap.items() if k != "config.json")  # every old file as it was
+    # new files only in the build beside the stage and in TensorBoard's event files of the attempt
+    assert all(k.startswith(("tokenizer.next/", "tensorboard/")) for k in set(now) - set(snap))
+    before = _mtimes(wd)
+    pipeline.run(c, wd, progress=False)  # still finished for the old config: nothing reruns
+    assert _mtimes(wd) == before
     # A changed input file (one user's reviews removed) reruns the data stage and everything
     # after it, and the results reflect the new data; the same bytes again skip everything.
     before = _mtimes(wd)
@@ -255,3 +268,18 @@ def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path):
     assert r["data"]["items"] == 60 and r["data"]["users"] == 40
     np.testing.assert_array_equal(np.load(tmp_path / "wd" / "embeddings" / "embeddings.npy"), emb)
     assert r["sids"]["all_sids_unique"]
+
+
+@pytest.mark.parametrize("next_finished", [True, False])
+def test_a_swap_cut_short_by_a_kill_is_completed_or_undone(tmp_path, next_finished):
+    d = tmp_path / "tokenizer"
+    for name, tag in (("tokenizer.prev", "old"), ("tokenizer.next", "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(tag)
+    (tmp_path / "tokenizer.prev" / "stage.json").write_text("{}")
+    if next_finished:
+        (tmp_path / "tokenizer.next" / "stage.json").write_text("{}")
+    # killed after the finished stage moved aside, before its replacement moved in
+    pipeline._finish_swap(str(d))
+    assert (d / "metrics.json").read_text() == ("new" if next_finished else "old")
+    assert not (tmp_path / "tokenizer.prev").exists()
