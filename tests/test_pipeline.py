@@ -283,3 +283,41 @@ def test_a_swap_cut_short_by_a_kill_is_completed_or_undone(tmp_path, next_finish
     pipeline._finish_swap(str(d))
     assert (d / "metrics.json").read_text() == ("new" if next_finished else "old")
     assert not (tmp_path / "tokenizer.prev").exists()
+
+
+def _p5_dir(root, meta_lines):
+    d = root / "mini"
+    d.mkdir(parents=True)
+    (d / "sequential_data.txt").write_text("".join(f"{u} 1 2 3 4\n" for u in range(1, 6)))
+    (d / "datamaps.json").write_text(json.dumps({"id2item": {str(i): f"A{i}" for i in range(1, 5)}}))
+    (d / "item_meta.jsonl").write_text("".join(line + "\n" for line in meta_lines))
+    return root
+
+
+BAD_INPUTS = {
+    # name: (files to write, extra flags, what the one error line must name)
+    "meta record not an object": ("p5", ['{"item_id": 1, "title": "a"}', "[1, 2]"], r"item_meta.jsonl: .*first bad line 2 \(ValueError: not a JSON object"),
+    "meta record without item_id": ("p5", ['{"item_id": 1}', '{"title": "x"}'], r"item_meta.jsonl: .*first bad line 2 \(ValueError: no 'item_id'"),
+    "meta non-integer item_id": ("p5", ['{"item_id": "one"}', '{"item_id": 2}'], r"item_meta.jsonl: .*first bad line 1 \(ValueError: invalid literal"),
+    "npy of strings": ("npy", np.array([["a", "b"]] * 4), r"e.npy: .*(numeric|not a plain)"),
+    "npy with three dimensions": ("npy", np.zeros((4, 2, 2), np.float32), r"e.npy: expected a numeric \[items, dim\] array, got shape \(4, 2, 2\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_error_line_through_the_launcher(tmp_path, case):
+    kind, content, names = BAD_INPUTS[case]
+    if kind == "p5":
+        data = _p5_dir(tmp_path / "data", content)
+        flags = [f"--config.data_dir={data}", "--config.dataset=mini", "--config.data_format=p5"]
+    else:
+        np.save(tmp_path / "e.npy", content)
+        (tmp_path / "i.csv").write_text("".join(f"u{u},{i}\n" for u in range(3) for i in range(4)))
+        flags = ["--config.data_format=user", f"--config.interactions={tmp_path / 'i.csv'}",
+                 f"--config.embeddings.npy_path={tmp_path / 'e.npy'}"]
+    r = subprocess.run(_launch(tmp_path / "wd", "--stages=data", *flags), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(names, last), last
+    assert not (tmp_path / "wd" / "data" / "stage.json").exists()

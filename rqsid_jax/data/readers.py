@@ -110,7 +110,7 @@ def read_p5(directory: str, name: Optional[str] = None) -> SequenceDataset:
         try:
             with open(maps_path, encoding="utf-8") as f:
                 id2asin = {str(k): str(v) for k, v in json.load(f)["id2item"].items()}
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
             raise DataError(f"{maps_path}: not a P5 datamaps file with 'id2item' ({type(e).__name__}: {e})")
 
     def parse(line: str) -> tuple[str, list[int]]:
@@ -135,8 +135,8 @@ def read_p5(directory: str, name: Optional[str] = None) -> SequenceDataset:
     items = ItemTable.bare(item_ids, [id2asin.get(i, i) for i in item_ids])
     meta_path = os.path.join(directory, "item_meta.jsonl")
     if os.path.exists(meta_path):
-        for lineno, rec in read_records(meta_path, json.loads):
-            k = index.get(int(rec["item_id"]))
+        for lineno, rec in read_records(meta_path, _meta_record):
+            k = index.get(rec["item_id"])
             if k is None:
                 raise DataError(f"{meta_path}:{lineno}: item_id {rec['item_id']} is not in the dataset")
             attrs = [str(a) for a in rec.get("attributes", [])]
@@ -145,6 +145,21 @@ def read_p5(directory: str, name: Optional[str] = None) -> SequenceDataset:
             items.brands[k] = attrs[0] if attrs and attrs[0] != "Unknown" else ""
             items.categories[k] = attrs[1:]
     return SequenceDataset(name=name, items=items, user_ids=users, sequences=seqs)
+
+
+def _meta_record(line: str) -> dict:
+    """One item_meta.jsonl record; a malformed one raises ValueError (a bad line, named)."""
+    rec = json.loads(line)
+    if not isinstance(rec, dict):
+        raise ValueError(f"not a JSON object but {type(rec).__name__}")
+    if "item_id" not in rec:
+        raise ValueError("no 'item_id'")
+    if isinstance(rec["item_id"], bool) or not isinstance(rec["item_id"], (int, str)):
+        raise ValueError(f"item_id {rec['item_id']!r} is not an integer")
+    rec["item_id"] = int(rec["item_id"])  # ValueError for a non-integer string
+    if not isinstance(rec.get("attributes", []), list):
+        raise ValueError("'attributes' is not a list")
+    return rec
 
 
 # ---------------------------------------------------------------- the user's own files
@@ -160,9 +175,12 @@ def read_user_interactions(interactions_path: str, embeddings_path: str, name: s
     require_file(embeddings_path, "a .npy float array [items, dim]")
     try:
         emb = np.load(embeddings_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{embeddings_path}: not a plain numeric .npy array ({e})")
-    n = emb.shape[0] if emb.ndim == 2 else -1
+    if not isinstance(emb, np.ndarray) or emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
+        what = f"shape {emb.shape}, dtype {emb.dtype}" if isinstance(emb, np.ndarray) else type(emb).__name__
+        raise DataError(f"{embeddings_path}: expected a numeric [items, dim] array, got {what}")
+    n = emb.shape[0]
     require_file(interactions_path, "lines 'user,item[,timestamp]' with item a 0-based embedding row")
 
     def parse(line: str):
