@@ -24,6 +24,19 @@ _PARTIAL = flags.DEFINE_bool("partial", False, "Allow stages to use upstream sta
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with one error line instead of a traceback: an unknown or mistyped
+    --config.x override, a missing required flag."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        what = (f"unknown config field '{str(e).strip(chr(34) + chr(39) + ' ')}'"
+                if isinstance(e, (AttributeError, KeyError)) else str(e))
+        print(f"error: {what}" + (f" (overrides: {overrides})" if overrides else ""), file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
@@ -44,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -236,8 +236,11 @@ def test_launcher_errors_are_one_line(tmp_path):
     r = subprocess.run(_launch(tmp_path, "--config.data_dir=/nonexistent"), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: /nonexistent: no data for 'tiny'")
-    r = subprocess.run(_launch(tmp_path, "--config.no_such_field=1"), cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0 and "no_such_field" in r.stderr
+    for bad in ("--config.no_such_field=1", "--config.retriever.no_such=2", "--config.rqvae.num_steps=many"):
+        r = subprocess.run(_launch(tmp_path, bad), cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and bad.split("=")[0].split(".")[-1] in lines[0]
 
 
 def test_partial_uses_stopped_upstream_and_records_it(tmp_path):
