@@ -84,15 +84,16 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     r = subprocess.run(_launch(wd2), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "retriever: resumed from step" in r.stderr  # resumed, not started over
-    def untimed(h):
-        return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in h]
-
-    assert untimed(json.load(open(wd2 / "retriever" / "history.json"))) == untimed(hist)
+    assert _untimed(json.load(open(wd2 / "retriever" / "history.json"))) == _untimed(hist)
     pred2 = np.load(wd2 / "evaluation" / "predictions_test.npz")
     for k in pred.files:
         np.testing.assert_array_equal(pred2[k], pred[k], err_msg=k)
     ev2 = json.load(open(wd2 / "evaluation" / "metrics.json"))
     assert {k: v for k, v in ev2.items() if "seconds" not in k} == {k: v for k, v in ev.items() if "seconds" not in k}
+
+
+def _untimed(history):
+    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in history]
 
 
 TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
