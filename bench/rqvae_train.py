@@ -7,7 +7,6 @@ import argparse
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])

@@ -28,7 +28,7 @@ def write_workdir_report(workdir: str) -> str:
                 (isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v))]
         out.append("")
         if stage == "hourglass":
-            out += [f"Full analysis with every table: [hourglass/report.md](hourglass/report.md)", ""]
+            out += ["Full analysis with every table: [hourglass/report.md](hourglass/report.md)", ""]
             fig_dir = os.path.join(workdir, "hourglass", "figures")
             for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
                 out.append(f"![{f}](hourglass/figures/{f})")

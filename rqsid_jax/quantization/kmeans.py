@@ -6,7 +6,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from rqsid_jax.quantization.kernels import HIGHEST, nearest_code, squared_distances
+from rqsid_jax.quantization.kernels import nearest_code, squared_distances
 
 
 @partial(jax.jit, static_argnames=("k",))

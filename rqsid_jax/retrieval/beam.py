@@ -12,7 +12,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex

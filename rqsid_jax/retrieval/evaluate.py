@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -12,7 +11,6 @@ from tqdm.auto import tqdm
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
 from rqsid_jax.retrieval.data import Examples
 from rqsid_jax.retrieval.metrics import KS, recall_ndcg
-from rqsid_jax.retrieval.tokens import PAD
 
 
 def generate(r, params, ex: Examples, beam: int, constrained: bool = True, batch_size: int = 256,
