@@ -53,6 +53,10 @@ def main(argv):
     except RqsidError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # a read-only or full disk, a workdir path through a file: one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     print(f"done: {', '.join(results)}; report at {os.path.join(_WORKDIR.value, 'report.md')}")
 
 

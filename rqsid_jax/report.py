@@ -41,6 +41,8 @@ def write_workdir_report(workdir: str) -> str:
             out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",
                     open(table).read(), "Per variant: `ablation/<variant>/metrics.json`, `predictions_test.npz`.", ""]
     path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+    text = "\n".join(out) + "\n"
+    if not os.path.exists(path) or open(path).read() != text:  # an up-to-date workdir is only read
+        with open(path, "w") as f:
+            f.write(text)
     return path

@@ -144,9 +144,10 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     c.data_dir = str(shutil.copytree(c.data_dir, tmp_path / "data"))  # a copy this test may edit
     wd = str(tmp_path / "wd")
     pipeline.run(c, wd, progress=False)
-    before = _mtimes(wd)
+    before, files_before = _mtimes(wd), _file_mtimes(wd)
     pipeline.run(c, wd, progress=False)
     assert _mtimes(wd) == before  # nothing changed, nothing rerun
+    assert _file_mtimes(wd) == files_before  # and nothing written: a read-only workdir can be re-checked
     c.hourglass.top_ks = (3,)
     pipeline.run(c, wd, progress=False)
     after = _mtimes(wd)
@@ -200,6 +201,11 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     assert _mtimes(wd) == after
 
 
+def _file_mtimes(workdir):
+    return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+            for root, _, files in os.walk(workdir) for f in files}
+
+
 def _snapshot(workdir):
     """Every file under workdir -> sha256 of its bytes."""
     out = {}
@@ -237,6 +243,10 @@ def test_launcher_errors_are_one_line(tmp_path):
     r = subprocess.run(_launch(tmp_path, "--config.data_dir=/nonexistent"), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: /nonexistent: no data for 'tiny'")
+    (tmp_path / "afile").write_text("")  # a workdir path through a file: an OSError, one line
+    r = subprocess.run(_launch(tmp_path / "afile" / "wd"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'afile' / 'wd'}: Not a directory"
     for bad in ("--config.no_such_field=1", "--config.retriever.no_such=2", "--config.rqvae.num_steps=many"):
         r = subprocess.run(_launch(tmp_path, bad), cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
