@@ -27,7 +27,10 @@ CHOICES = {
     "rqvae.optimizer": ("adamw", "adam", "adagrad"),
     "retriever.loss": ("ce", "focal", "mile"),
     "retriever.encoder_input": ("tokens", "items"),
+    "retriever.lr_schedule": ("inverse_sqrt", "cosine"),
+    "retriever.augment": ("prefixes", "subsequences"),
 }
+FRACTIONS = ("retriever.label_smoothing", "retriever.final_lr_fraction")  # in [0, 1)
 
 
 def _get(config, dotted: str):
@@ -55,6 +58,10 @@ def validate_config(config) -> None:
         v = _get(config, dotted)
         if v is not None and v not in allowed:
             raise ConfigError(f"{dotted}={v!r} is not one of {allowed}")
+    for dotted in FRACTIONS:
+        v = _get(config, dotted)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+            raise ConfigError(f"{dotted}={v!r} must be in [0, 1)")
     cb = _get(config, "rqvae.codebook_size")
     if cb is not None and cb < 2:
         raise ConfigError(f"rqvae.codebook_size={cb!r}: need at least 2 codes")

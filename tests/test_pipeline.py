@@ -161,7 +161,9 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     snap = _snapshot(wd)
     for field, value in [("retriever.loss", "bogus"), ("rqvae.codebook_size", 1), ("retriever.num_steps", 0),
                          ("rqvae.num_steps", -5), ("tokenizer", "pq"), ("sid_collisions", "tokens"),
-                         ("retriever.dtype", "fp8"), ("evaluation.beam", 0), ("rqvae.optimizer", "sgd")]:
+                         ("retriever.dtype", "fp8"), ("evaluation.beam", 0), ("rqvae.optimizer", "sgd"),
+                         ("retriever.lr_schedule", "linear"), ("retriever.augment", "windows"),
+                         ("retriever.label_smoothing", 1.0), ("retriever.final_lr_fraction", -0.1)]:
         bad = copy.deepcopy(c)
         *parents, leaf = field.split(".")
         node = bad

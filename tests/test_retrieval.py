@@ -264,6 +264,47 @@ def test_training_examples_never_use_valid_or_test_targets():
     assert sum(len(t) - 1 for t in sp.train) == len(ex)
 
 
+def test_subsequence_augmentation_enumerates_every_window():
+    sp = _split()
+    v = SidVocab.from_sids(_catalogue(), 16)
+    H = 3
+    ex = train_examples(sp, v, max_history=H, augment="subsequences")
+    got = sorted((int(u), tuple(h[h >= 0].tolist()), int(t)) for u, h, t in zip(ex.user, ex.history, ex.target))
+    # brute force: every contiguous window s[j:i] of at most H items of a training part, then s[i]
+    want = sorted((u, tuple(s[j:i].tolist()), int(s[i])) for u, s in enumerate(sp.train)
+                  for i in range(1, len(s)) for j in range(i) if i - j <= H)
+    assert got == want
+    # the same targets as the prefix examples: nothing of validation or test enters training
+    pre = train_examples(sp, v, max_history=H)
+    assert set(zip(ex.user.tolist(), ex.target.tolist())) == set(zip(pre.user.tolist(), pre.target.tolist()))
+    with pytest.raises(DataError, match="augment"):
+        train_examples(sp, v, H, augment="windows")
+
+
+def test_user_tokens_fold_onto_the_configured_buckets():
+    sp = _split()
+    v16, v1 = SidVocab.from_sids(_catalogue(), 16), SidVocab.from_sids(_catalogue(), 1)
+    for which in ("validation", "test"):
+        assert (eval_examples(sp, v1, which).user_token == v1.user_offset).all()  # one shared token
+        t = eval_examples(sp, v16, which).user_token
+        assert ((t >= v16.user_offset) & (t < v16.size)).all() and np.unique(t).size > 1
+    assert (train_examples(sp, v1).user_token == v1.user_offset).all()
+    assert (query_examples([7, 123], [[0], [1]], v16, 12).user_token
+            == v16.user_offset + np.array([7, 123 % 16])).all()
+
+
+def test_cosine_schedule_anneals_to_the_final_fraction():
+    from rqsid_jax.retrieval.train import schedule
+    c = tiny_cfg(learning_rate=0.004, warmup_steps=10, num_steps=110, lr_schedule="cosine",
+                 final_lr_fraction=0.1)
+    lr = np.array([float(schedule(c)(s)) for s in range(111)])
+    assert lr[0] == 0.0 and np.isclose(lr[10], 0.004) and np.isclose(lr[110], 0.0004)
+    assert (np.diff(lr[:11]) > 0).all() and (np.diff(lr[10:]) < 0).all()
+    np.testing.assert_allclose(lr[60], 0.0004 + 0.5 * 0.0036, rtol=1e-6)  # half-way down the cosine
+    isq = tiny_cfg(learning_rate=0.004, warmup_steps=10)
+    np.testing.assert_allclose(float(schedule(isq)(40)), 0.004 * 0.5, rtol=1e-6)  # sqrt(10/40)
+
+
 def test_leave_one_out_edge_cases():
     # three interactions (the fewest that split), the history cap exactly reached, and past it
     H = 4
@@ -394,6 +435,10 @@ def test_focal_and_mile_losses_by_hand():
                               ("mile", 2.0, ent ** 2 * ce)]:
         got = np.asarray(token_loss(jnp.asarray(logits), jnp.asarray(target), kind, gamma))
         np.testing.assert_allclose(got, want, rtol=1e-5)
+    # label smoothing eps: (1 - eps) x CE + eps x the mean of -log p over the output vocabulary
+    eps = 0.1
+    got = np.asarray(token_loss(jnp.asarray(logits), jnp.asarray(target), "ce", 0.0, eps))
+    np.testing.assert_allclose(got, (1 - eps) * ce - eps * np.log(p).mean(-1), rtol=1e-5)
 
 
 def _scripted_validation(monkeypatch, scores):

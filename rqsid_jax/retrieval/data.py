@@ -39,13 +39,31 @@ def _pad_histories(hists, max_history):
     return out
 
 
-def train_examples(split: Split, vocab: SidVocab, max_history: int = MAX_HISTORY) -> Examples:
+def user_token_ids(split: Split, vocab: SidVocab, users: np.ndarray) -> np.ndarray:
+    """Vocabulary ids of the users' hashed tokens, folded onto vocab.num_user_tokens buckets
+    (1 bucket = no user information: one shared start token)."""
+    return vocab.user_offset + split.user_tokens[users] % vocab.num_user_tokens
+
+
+AUGMENTATIONS = ("prefixes", "subsequences")
+
+
+def train_examples(split: Split, vocab: SidVocab, max_history: int = MAX_HISTORY,
+                   augment: str = "prefixes") -> Examples:
+    """Examples from the training parts. "prefixes": each item after the first, with the (up
+    to max_history) items before it (TIGER). "subsequences": each contiguous window of a
+    training part, i.e. that target with every history s[j:i], i - max_history <= j < i (GRID);
+    the same targets, with histories of every length, about min(i, max_history) x as many."""
+    if augment not in AUGMENTATIONS:
+        raise DataError(f"retriever.augment='{augment}' is not one of {AUGMENTATIONS}")
     users, hists, targets = [], [], []
     for u, s in enumerate(split.train):
         for i in range(1, len(s)):
-            users.append(u); hists.append(s[max(0, i - max_history):i]); targets.append(s[i])
+            starts = range(max(0, i - max_history), i) if augment == "subsequences" else [max(0, i - max_history)]
+            for j in starts:
+                users.append(u); hists.append(s[j:i]); targets.append(s[i])
     users = np.array(users, np.int64)
-    return Examples(vocab.user_offset + split.user_tokens[users], _pad_histories(hists, max_history),
+    return Examples(user_token_ids(split, vocab, users), _pad_histories(hists, max_history),
                     np.array(targets, np.int32), users)
 
 
@@ -53,7 +71,7 @@ def eval_examples(split: Split, vocab: SidVocab, which: str, max_history: int = 
     hist = split.valid_history if which == "validation" else split.test_history
     tgt = split.valid_target if which == "validation" else split.test_target
     users = np.arange(split.num_users)
-    return Examples(vocab.user_offset + split.user_tokens, _pad_histories(hist, max_history), tgt.astype(np.int32),
+    return Examples(user_token_ids(split, vocab, users), _pad_histories(hist, max_history), tgt.astype(np.int32),
                     users)
 
 
@@ -67,7 +85,8 @@ def query_examples(user_tokens: np.ndarray, histories, vocab: SidVocab, num_item
             bad = int(h[(h < 0) | (h >= num_items)][0])
             raise DataError(f"query {q}: unknown item index {bad} (catalogue has {num_items} items)")
     n = len(histories)
-    return Examples(vocab.user_offset + np.asarray(user_tokens, np.int64), _pad_histories(histories, max_history),
+    return Examples(vocab.user_offset + np.asarray(user_tokens, np.int64) % vocab.num_user_tokens,
+                    _pad_histories(histories, max_history),
                     np.full(n, -1, np.int32), np.arange(n))
 
 

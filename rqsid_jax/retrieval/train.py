@@ -41,14 +41,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "auto"
     # Encoder positions: "tokens" (one per SID token, TIGER) or "items" (one per history item).
     c.encoder_input = "tokens"
-    c.num_user_tokens = 2000
+    c.num_user_tokens = 2000  # hashed user buckets; 1 = no user token information
     c.max_history = 20
+    c.augment = "prefixes"  # prefixes (TIGER) | subsequences (every contiguous window, GRID)
     # Encoder length buckets, in history items (one jit shape each; see data.default_buckets).
     c.bucket_items = BUCKET_ITEMS
     # Training.
     c.batch_size = 256
     c.learning_rate = 1e-3
     c.warmup_steps = 1000
+    # "inverse_sqrt" (TIGER: never reaches 0, suits open-ended training) or "cosine" (decays to
+    # final_lr_fraction x peak at num_steps: anneals within a fixed budget).
+    c.lr_schedule = "inverse_sqrt"
+    c.final_lr_fraction = 0.0
+    c.label_smoothing = 0.0  # cross-entropy only
     c.weight_decay = 0.01
     c.num_steps = 20000
     c.loss = "ce"  # ce | focal | mile
@@ -65,8 +71,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def schedule(cfg) -> optax.Schedule:
-    """Linear warm-up, then inverse square-root decay (TIGER)."""
+    """Linear warm-up, then inverse square-root decay (TIGER) or a cosine to the budget's end."""
     w = max(cfg.warmup_steps, 1)
+    if cfg.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, w, max(cfg.num_steps, w + 1),
+                                                  cfg.learning_rate * cfg.final_lr_fraction)
+    if cfg.lr_schedule != "inverse_sqrt":
+        raise ConfigError(f"retriever.lr_schedule='{cfg.lr_schedule}' is not inverse_sqrt or cosine")
 
     def lr(step):
         step = jnp.maximum(step, 1)
@@ -86,8 +97,9 @@ def optimizer(cfg) -> optax.GradientTransformation:
     return optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay, mask=decay_mask)
 
 
-def token_loss(logits, target, kind: str, gamma: float):
-    """Per-token loss [B, T]: cross-entropy, focal (1-p)^g * CE, or MiLe H(p)^g * CE.
+def token_loss(logits, target, kind: str, gamma: float, smoothing: float = 0.0):
+    """Per-token loss [B, T]: cross-entropy (optionally label-smoothed over the output
+    vocabulary), focal (1-p)^g * CE, or MiLe H(p)^g * CE.
 
     MiLe scales each token's cross-entropy by the entropy of the predicted distribution raised
     to gamma (Su et al., NAACL 2024 Findings), treated as a weight (no gradient through H).
@@ -95,6 +107,8 @@ def token_loss(logits, target, kind: str, gamma: float):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
     if kind == "ce":
+        if smoothing:
+            return -(1.0 - smoothing) * lp - smoothing * jnp.mean(logp, axis=-1)
         return -lp
     if kind == "focal":
         return -((1.0 - jnp.exp(lp)) ** gamma) * lp
@@ -151,7 +165,7 @@ def make_train_step(r: Retriever, cfg, tx):
         tgt = batch["target"]
         dec_in = jnp.concatenate([jnp.full((tgt.shape[0], 1), BOS, tgt.dtype), tgt[:, :-1]], axis=1)
         logits = model(batch["encoder"], dec_in, key)
-        tl = token_loss(logits, tgt, cfg.loss, cfg.gamma)
+        tl = token_loss(logits, tgt, cfg.loss, cfg.gamma, cfg.label_smoothing)
         w = (tgt != PAD) * batch["weight"][:, None]
         return jnp.sum(tl * w) / jnp.maximum(jnp.sum(w), 1.0)
 
@@ -191,7 +205,7 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
              "best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}
     state = sharding.replicate(state, mesh)
-    train = r.collator(train_examples(split, r.vocab, cfg.max_history), cfg.batch_size)
+    train = r.collator(train_examples(split, r.vocab, cfg.max_history, cfg.augment), cfg.batch_size)
     steps_per_epoch = len(train.plan(cfg.seed, 0))
     val = eval_examples(split, r.vocab, "validation", cfg.max_history)
     if cfg.eval_users and cfg.eval_users < len(val):
