@@ -4,6 +4,7 @@ import os
 import ml_collections
 
 from rqsid_jax.ablation import default_config as ablation_config
+from rqsid_jax.baseline.sasrec import default_config as sasrec_config
 from rqsid_jax.quantization.train import default_config as rqvae_config
 from rqsid_jax.retrieval.train import default_config as retriever_config
 
@@ -18,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.interactions = ""  # data_format=user: 'user,item[,timestamp]' file
     c.min_count = 5  # k-core for raw input
     c.seed = 0
-    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
+    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "baseline")
 
     c.embeddings = ml_collections.ConfigDict()
     c.embeddings.method = "auto"  # auto | wordllama | sentence_transformers | npy | collaborative | given
@@ -55,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.evaluation.batch_size = 256
     c.evaluation.given_layer1_users = 4000  # the paper's Table 1 probe on this many test users (0 = skip)
     c.evaluation.invalid_users = 1000  # unconstrained decoding on this many test users (0 = skip)
+
+    # SASRec on the same split and metrics (stage 'baseline'): does generative retrieval win?
+    c.baseline = sasrec_config()
 
     # Retriever variants for Table 2 (stage 'ablation', not in the default stages; see
     # configs/ablation_beauty.py). Every variant trains with the retriever settings above.

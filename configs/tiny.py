@@ -29,6 +29,8 @@ def get_config():
              checkpoint_every=30, log_every=10, patience=0, data_threads=1, max_history=5,
              bucket_items=(2,))  # two encoder shapes: fewer compiles
     c.evaluation.beam = 20
+    c.baseline.update(d_model=16, num_heads=2, head_dim=8, mlp_dim=32, layers=1, batch_size=64, num_epochs=4,
+                      eval_every_epochs=2, log_every=2, bucket_lengths=(4,))
     c.ablation.update(variants=("baseline", "mile", "top@2"), test_users=0, beam=20, ks=(1, 5, 10, 20))
     c.evaluation.invalid_users = 50
     c.evaluation.given_layer1_users = 100

@@ -15,11 +15,14 @@ POSITIVE = {
     "retriever": ("num_steps", "batch_size", "checkpoint_every", "log_every", "d_model", "num_heads", "head_dim",
                   "mlp_dim", "encoder_layers", "decoder_layers", "max_history", "eval_beam", "num_user_tokens"),
     "evaluation": ("beam", "batch_size"),
+    "baseline": ("d_model", "num_heads", "head_dim", "mlp_dim", "layers", "max_len", "batch_size", "num_epochs",
+                 "eval_every_epochs", "log_every"),
 }
 NON_NEGATIVE = {
     "rqvae": ("revive_every", "kmeans_iters"),
     "retriever": ("warmup_steps", "eval_every", "eval_users", "patience"),
     "evaluation": ("given_layer1_users", "invalid_users"),
+    "baseline": ("patience",),
 }
 CHOICES = {
     "tokenizer": ("rqvae", "rqkmeans"),
@@ -29,8 +32,9 @@ CHOICES = {
     "retriever.encoder_input": ("tokens", "items"),
     "retriever.lr_schedule": ("inverse_sqrt", "cosine"),
     "retriever.augment": ("prefixes", "subsequences"),
+    "baseline.loss": ("ce", "bce"),
 }
-FRACTIONS = ("retriever.label_smoothing", "retriever.final_lr_fraction")  # in [0, 1)
+FRACTIONS = ("retriever.label_smoothing", "retriever.final_lr_fraction", "baseline.dropout")  # in [0, 1)
 
 
 def _get(config, dotted: str):
@@ -65,13 +69,15 @@ def validate_config(config) -> None:
     cb = _get(config, "rqvae.codebook_size")
     if cb is not None and cb < 2:
         raise ConfigError(f"rqvae.codebook_size={cb!r}: need at least 2 codes")
-    lr = _get(config, "retriever.learning_rate")
-    if lr is not None and not lr > 0:
-        raise ConfigError(f"retriever.learning_rate={lr!r} must be positive")
-    dtype = _get(config, "retriever.dtype")
-    if dtype is not None:
-        from rqsid_jax.retrieval import precision
-        try:  # the one dtype check, shared with retrieval.train.build
-            precision.resolve(dtype)
-        except ValueError as e:
-            raise ConfigError(f"retriever.{e}") from None
+    for dotted in ("retriever.learning_rate", "baseline.learning_rate"):
+        lr = _get(config, dotted)
+        if lr is not None and not lr > 0:
+            raise ConfigError(f"{dotted}={lr!r} must be positive")
+    for section in ("retriever", "baseline"):
+        dtype = _get(config, f"{section}.dtype")
+        if dtype is not None:
+            from rqsid_jax.retrieval import precision
+            try:  # the one dtype check, shared with the models' build()
+                precision.resolve(dtype)
+            except ValueError as e:
+                raise ConfigError(f"{section}.{e}") from None

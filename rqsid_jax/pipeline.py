@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from rqsid_jax import ablation, sharding
+from rqsid_jax.baseline import stage as baseline_stage
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.data import load_dataset
 from rqsid_jax.data.embeddings import item_embeddings
@@ -28,7 +29,7 @@ from rqsid_jax.data.readers import input_files
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.inputs import signatures
 
-STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
+STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "baseline", "ablation")
 # Which config sections each stage depends on (besides its upstream stages).
 STAGE_KEYS = {
     "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
@@ -38,11 +39,12 @@ STAGE_KEYS = {
     "hourglass": ("hourglass",),
     "retriever": ("retriever",),
     "evaluation": ("evaluation",),
+    "baseline": ("baseline",),
     "ablation": ("ablation", "retriever", "evaluation"),
 }
 UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
             "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",),
-            "ablation": ("sids", "hourglass")}
+            "baseline": ("data",), "ablation": ("sids", "hourglass")}
 
 
 def _jsonable(v):
@@ -332,11 +334,8 @@ def stage_evaluation(ctx: Context) -> dict:
                                 batch_size=c.batch_size, progress=ctx.progress)
         out[which] = {"all": res["metrics"], "head": res["head"], "tail": res["tail"]}
         if which == "test":
-            ids = np.asarray(items.ids)
-            pred = res["predictions"][:, :50]
-            np.savez(os.path.join(d, "predictions_test.npz"), user_ids=np.asarray(ctx.split.user_ids),
-                     top50_item_ids=np.where(pred >= 0, ids[np.maximum(pred, 0)], ""),
-                     target_item_id=ids[ex.target], top50_rows=pred, target_row=ex.target)
+            evaluate.save_test_predictions(os.path.join(d, "predictions_test.npz"), ctx.split, items.ids,
+                                           res["predictions"], ex.target)
             if c.given_layer1_users:  # the first users of the test split, a fixed subset
                 sub = ex.subset(np.arange(min(c.given_layer1_users, len(ex))))
                 g = evaluate.evaluate(r, params, sub, c.beam, given_first=True, batch_size=c.batch_size,
@@ -353,7 +352,7 @@ def stage_evaluation(ctx: Context) -> dict:
 
 STAGE_FNS = {"data": stage_data, "embeddings": stage_embeddings, "tokenizer": stage_tokenizer,
              "sids": stage_sids, "hourglass": stage_hourglass, "retriever": stage_retriever,
-             "evaluation": stage_evaluation, "ablation": ablation.stage_ablation}
+             "evaluation": stage_evaluation, "baseline": baseline_stage.run, "ablation": ablation.stage_ablation}
 
 
 def _finish_swap(d: str) -> None:

@@ -4,7 +4,60 @@ from __future__ import annotations
 import json
 import os
 
-STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "ablation")
+STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "baseline",
+               "ablation")
+# Published test figures under the same protocol (TIGER's Table; shared/data/amazon2014/README.md):
+# (R@5, N@5, R@10, N@10)
+PUBLISHED = {
+    "beauty": {"TIGER (paper)": (.0454, .0321, .0648, .0384), "SASRec (TIGER's paper)": (.0387, .0249, .0605, .0318)},
+    "sports": {"TIGER (paper)": (.0264, .0181, .0400, .0225), "SASRec (TIGER's paper)": (.0233, .0154, .0350, .0192)},
+    "toys": {"TIGER (paper)": (.0521, .0371, .0712, .0432), "SASRec (TIGER's paper)": (.0463, .0306, .0675, .0374)},
+}
+RESULT_KS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def _load(workdir: str, stage: str):
+    path = os.path.join(workdir, stage, "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def results_table(workdir: str, dataset: str = "") -> list[str]:
+    """Test Recall/NDCG@K of this workdir's generative retriever (overall, head, tail) and SASRec
+    side by side with the published figures, plus the retriever's probes."""
+    ev, base, ret = _load(workdir, "evaluation"), _load(workdir, "baseline"), _load(workdir, "retriever")
+    rows = []
+    if ev and "test" in ev:
+        t = ev["test"]
+        rows.append(("generative retriever (this run)", t["all"], (ret or {}).get("wall_seconds")))
+        for part in ("head", "tail"):
+            if t.get(part):
+                rows.append((f"  {part} targets ({t[part]['users']} users)", t[part], None))
+    if base and "test" in base:
+        rows.append(("SASRec (this run)", base["test"], base.get("wall_seconds")))
+    if not rows:
+        return []
+    head = "| model | " + " | ".join(k.replace("recall", "R").replace("ndcg", "N") for k in RESULT_KS) + " | training stage s |"
+    out = ["## Results (test, every user)", "", head, "|---|" + "---|" * (len(RESULT_KS) + 1)]
+    for name, m, sec in rows:
+        cells = [f"{m[k]:.4f}" if k in m else "" for k in RESULT_KS] + [f"{sec:.0f}" if sec is not None else ""]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, (r5, n5, r10, n10) in PUBLISHED.get(dataset, {}).items():
+        out.append(f"| {name} | {r5:.4f} | {n5:.4f} | {r10:.4f} | {n10:.4f} | | | |")
+    out.append("")
+    if ev and ev.get("test_given_layer1"):
+        g = ev["test_given_layer1"]
+        out.append(f"Given-layer-1 probe (first {g['given_layer1'].get('users', '')} test users): R@10 "
+                   f"{g['given_layer1'].get('recall@10', float('nan')):.4f} with the true first token vs "
+                   f"{g['same_users_baseline'].get('recall@10', float('nan')):.4f} without.")
+    if ev and ev.get("test_unconstrained_invalid"):
+        inv = ev["test_unconstrained_invalid"]
+        out.append("Unconstrained decoding, invalid-ID ratio: "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in inv.items()) + ".")
+    out.append("")
+    return out
 
 
 def _fmt(v):
@@ -17,6 +70,9 @@ def _fmt(v):
 
 def write_workdir_report(workdir: str) -> str:
     out = ["# rqsid_jax run report", "", f"Workdir: `{os.path.abspath(workdir)}`", ""]
+    cfg_path = os.path.join(workdir, "config.json")
+    dataset = json.load(open(cfg_path)).get("dataset", "") if os.path.exists(cfg_path) else ""
+    out += results_table(workdir, dataset)
     for stage in STAGE_ORDER:
         path = os.path.join(workdir, stage, "metrics.json")
         if not os.path.exists(path):
@@ -33,9 +89,10 @@ def write_workdir_report(workdir: str) -> str:
             for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
                 out.append(f"![{f}](hourglass/figures/{f})")
             out.append("")
-        if stage == "retriever" and os.path.exists(os.path.join(workdir, "retriever", "figures", "learning_curve.png")):
-            out += ["Validation curve: `retriever/history.json`; every logged step: `retriever/log.jsonl`.", "",
-                    "![learning_curve.png](retriever/figures/learning_curve.png)", ""]
+        if stage in ("retriever", "baseline") and os.path.exists(
+                os.path.join(workdir, stage, "figures", "learning_curve.png")):
+            out += [f"Validation curve: `{stage}/history.json`; every logged step: `{stage}/log.jsonl`.", "",
+                    f"![learning_curve.png]({stage}/figures/learning_curve.png)", ""]
         table = os.path.join(workdir, stage, "table.md")
         if stage == "ablation" and os.path.exists(table):
             out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",

@@ -67,6 +67,17 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     hits = (pred["top50_item_ids"][:, :10] == pred["target_item_id"][:, None]).any(1).mean()
     assert abs(hits - ev["test"]["all"]["recall@10"]) < 1e-9
     assert os.listdir(wd / "tensorboard" / "tokenizer")
+    # SASRec on the same split, its predictions in the same form, both side by side in the report
+    bp = np.load(wd / "baseline" / "predictions_test.npz")
+    assert bp.files == pred.files and np.array_equal(bp["user_ids"], pred["user_ids"])
+    assert np.array_equal(bp["target_item_id"], pred["target_item_id"])
+    base = json.load(open(wd / "baseline" / "metrics.json"))
+    b_hits = (bp["top50_item_ids"][:, :10] == bp["target_item_id"][:, None]).any(1).mean()
+    assert abs(b_hits - base["test"]["recall@10"]) < 1e-9
+    report = open(wd / "report.md").read()
+    assert f"| generative retriever (this run) | {ev['test']['all']['recall@5']:.4f} |" in report
+    assert f"| SASRec (this run) | {base['test']['recall@5']:.4f} |" in report
+    assert "baseline/figures/learning_curve.png" in report
     # The retriever's curve: every validation of the run in history.json, drawn with the loss.
     hist = json.load(open(wd / "retriever" / "history.json"))
     rc = tiny.get_config().retriever

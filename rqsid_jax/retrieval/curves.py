@@ -33,13 +33,14 @@ def read(path: str) -> tuple[list[dict], list[dict]]:
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
-def learning_curve_figure(train: list[dict], val: list[dict], path: str, title: str = "") -> str:
+def learning_curve_figure(train: list[dict], val: list[dict], path: str, title: str = "",
+                          loss_label: str = "training loss (per SID token)") -> str:
     """Left: training loss per logged step. Right: validation Recall@K / NDCG@K per evaluation."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         a.plot([r["step"] for r in train], [r["train_loss"] for r in train], color="C0")
     a.set_xlabel("step")
-    a.set_ylabel("training loss (per SID token)")
+    a.set_ylabel(loss_label)
     a.grid(alpha=0.3)
     keys = sorted({k for r in val for k in r if k.startswith(("val_recall@", "val_ndcg@"))},
                   key=lambda k: (k.split("@")[0], int(k.split("@")[1])))

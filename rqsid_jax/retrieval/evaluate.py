@@ -54,3 +54,14 @@ def invalid_ratio(r, params, ex: Examples, beam: int = 50, ks: Sequence[int] = K
         for j in range(beam):
             valid[i, j] = r.index.lookup(tokens[i, j]) >= 0
     return {f"invalid@{k}": float(1.0 - valid[:, :k].mean()) for k in ks if k <= beam}
+
+
+def save_test_predictions(path: str, split, item_ids, predictions: np.ndarray, target_rows: np.ndarray,
+                          k: int = 50) -> None:
+    """The workdir's `predictions_test.npz` (every model's): user ids, the top-k item ids and
+    rows per test user ("" / -1 where fewer than k), and the target's id and row, so metrics
+    can be recomputed without this library."""
+    ids = np.asarray(item_ids)
+    pred = np.asarray(predictions)[:, :k]
+    np.savez(path, user_ids=np.asarray(split.user_ids), top50_item_ids=np.where(pred >= 0, ids[np.maximum(pred, 0)], ""),
+             target_item_id=ids[target_rows], top50_rows=pred, target_row=target_rows)
