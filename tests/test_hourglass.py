@@ -106,7 +106,7 @@ def test_hourglass_detected_on_skewed_middle_layer(tmp_path):
     assert "Hourglass on this data: **Yes**" in text and "top@5" in text and "long_tailed" in text
     for f in m["figures"].values():
         assert os.path.getsize(tmp_path / f) > 10_000  # real PNGs
-    assert json.load(open(tmp_path / "metrics.json"))["mitigations"][0]["name"] == "baseline"
+    assert json.load(open(tmp_path / "analysis.json"))["mitigations"][0]["name"] == "baseline"
 
 
 def _brute_min_cost(cost):

@@ -60,6 +60,10 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     for s in tiny.get_config().stages:
         json.load(open(wd / s / "metrics.json"))
     assert "hourglass/report.md" in open(wd / "report.md").read()
+    # the hourglass stage's full analysis is kept beside its summary (it used to be overwritten)
+    analysis = json.load(open(wd / "hourglass" / "analysis.json"))
+    assert analysis["figures"] and analysis["baseline"]["head_tail"]["head_tokens"]
+    assert "hourglass" in json.load(open(wd / "hourglass" / "metrics.json"))
     pred = np.load(wd / "evaluation" / "predictions_test.npz")
     assert pred["top50_rows"].shape[0] == pred["target_item_id"].shape[0] == len(pred["user_ids"])
     ev = json.load(open(wd / "evaluation" / "metrics.json"))

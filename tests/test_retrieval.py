@@ -384,6 +384,14 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     _, resumed, _ = train_retriever(tiny_cfg(eval_every=0), sids, sp, str(tmp_path / "b"), progress=False)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # without validation the last parameters are the "best" checkpoint the evaluation stage
+    # loads (there used to be none, and evaluation failed)
+    from rqsid_jax import checkpointing
+    mngr = checkpointing.manager(str(tmp_path / "a" / "best"), max_to_keep=1)
+    best, step = checkpointing.restore(mngr, full)
+    assert step == tiny_cfg().num_steps
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(best)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_training_learns_and_selects_best(tmp_path):

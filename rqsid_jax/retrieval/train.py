@@ -279,6 +279,8 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
             if stopped_early:
                 break
     bar.close()
-    if not cfg.eval_every:
+    if not cfg.eval_every:  # no model selection: the last parameters are the result (and "best")
         best_params = state["params"]
+        if best_mngr is not None and step and best_mngr.latest_step() != step:
+            checkpointing.save(best_mngr, step, best_params)
     return r, best_params, history

@@ -1,4 +1,5 @@
-"""The hourglass stage's outputs: metrics.json, report.md with every table, and the figures."""
+"""The hourglass stage's outputs: analysis.json (every number), report.md with every table, and the
+figures. The stage's metrics.json is the pipeline's short summary of it."""
 from __future__ import annotations
 
 import json
@@ -54,7 +55,7 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
     syn = synthetic.run(**(synthetic_cfg or {})) if synthetic_cfg is not None else None
     metrics = {"baseline": base, "mitigations": mits, "synthetic": syn,
                "figures": {k: os.path.relpath(v, out_dir) for k, v in figs.items()}}
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    with open(os.path.join(out_dir, "analysis.json"), "w") as f:  # metrics.json is the stage summary
         json.dump(metrics, f, indent=1)
     np.save(os.path.join(out_dir, "head_tokens_layer2.npy"), np.asarray(base["head_tail"]["head_tokens"], np.int32))
     for s in sets:
