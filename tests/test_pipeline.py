@@ -352,3 +352,63 @@ def test_bad_input_is_one_error_line_through_the_launcher(tmp_path, case):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and re.search(names, last), last
     assert not (tmp_path / "wd" / "data" / "stage.json").exists()
+
+
+def _review_time(line, value):
+    rec = json.loads(line)
+    rec["unixReviewTime"] = value
+    return json.dumps(rec)
+
+
+def _gz(lines):
+    return gzip.compress("".join(line + "\n" for line in lines).encode())
+
+
+RAW = "reviews_tiny_5.json.gz"
+# name: (reviews file bytes from the tiny data's lines, meta file bytes, exit code, what the
+# last stderr line must say). Exit 0: skipping is right, and one warning line says what was skipped.
+BAD_RAW = {
+    "review lines without unixReviewTime": (
+        lambda r: _gz(json.dumps({k: v for k, v in json.loads(x).items() if k != "unixReviewTime"}) for x in r),
+        None, 1, rf"{RAW}: 3371 of 3371 lines are malformed .*first bad line 1 \(KeyError: 'unixReviewTime'"),
+    "one review with a non-integer time": (
+        lambda r: _gz([*r[:4], _review_time(r[4], "soon"), *r[5:]]), None, 0,
+        rf"{RAW}: skipped 1 of 3371 malformed lines; first bad line 5 \(ValueError"),
+    "a tenth of the review lines not JSON": (
+        lambda r: _gz("{bad" if i % 10 == 0 else x for i, x in enumerate(r)), None, 1,
+        rf"{RAW}: 338 of 3371 lines are malformed \(10.0% > 1%\); first bad line 1 \(JSONDecodeError"),
+    "reviews not gzip": (lambda r: b"plain text, not gzip\n", None, 1, rf"{RAW}: truncated or corrupt compressed file"),
+    "reviews cut in half": (lambda r: _gz(r)[: len(_gz(r)) // 2], None, 1,
+                            rf"{RAW}: truncated or corrupt compressed file after line \d+"),
+    "reviews empty": (lambda r: _gz([]), None, 1, rf"{RAW}: no user has 5 or more interactions"),
+    "meta lines that are code": (
+        None, lambda m: _gz("__import__('os').system('touch pwned')" for _ in m), 1,
+        r"meta_tiny.json.gz: 200 of 200 lines are malformed .*first bad line 1 \(ValueError"),
+    "meta lines that are lists": (None, lambda m: _gz("[1, 2]" for _ in m), 1,
+                                  r"meta_tiny.json.gz: .*not a metadata record with an 'asin'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RAW))
+def test_bad_raw_input_is_one_line_through_the_launcher(tmp_path, case):
+    make_reviews, make_meta, code, says = BAD_RAW[case]
+    src = tiny.get_config().data_dir
+    data = tmp_path / "raw"
+    data.mkdir()
+    for name, make in ((RAW, make_reviews), ("meta_tiny.json.gz", make_meta)):
+        raw = open(os.path.join(src, name), "rb").read()
+        lines = gzip.decompress(raw).decode().splitlines()
+        (data / name).write_bytes(make(lines) if make else raw)
+    r = subprocess.run(_launch(tmp_path / "wd", "--stages=data", f"--config.data_dir={data}", "--config.dataset=tiny",
+                               "--config.data_format=raw"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == code, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(os.path.join(ROOT, "pwned"))  # literal_eval never runs code
+    if code:
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and re.search(says, last), last
+        assert not (tmp_path / "wd" / "data" / "stage.json").exists()
+    else:
+        warned = [line for line in r.stderr.splitlines() if re.search(says, line)]
+        assert len(warned) == 1, r.stderr[-1500:]
+        assert (tmp_path / "wd" / "data" / "stage.json").exists()
