@@ -1,11 +1,27 @@
 """Orbax helpers: a CheckpointManager over pure pytrees, restore onto an abstract target."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from rqsid_jax.errors import StorageError
+
+
+class _OrbaxThreadErrors(logging.Filter):
+    """Drops orbax's per-thread error logs (each with its traceback) of a failed save: save()
+    re-raises the failure as one StorageError line, so they only repeat it (~500 lines on a
+    full disk)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_OrbaxThreadErrors())
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -17,8 +33,17 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-    mngr.wait_until_finished()
+    """Writes step `step` and waits for it; a storage failure is one StorageError line (the
+    checkpoints already there are kept: orbax writes into a temporary folder first)."""
+    try:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        mngr.wait_until_finished()
+    except (OSError, ValueError) as e:
+        text = str(e)
+        reason = re.search(r"Failed to write [^:]*: ([^\[]+)", text)
+        why = reason.group(1).strip() if reason else (e.strerror if isinstance(e, OSError) and e.strerror
+                                                      else text.splitlines()[0][:200])
+        raise StorageError(f"{mngr.directory}: checkpoint of step {step} not written ({why})") from None
 
 
 def restore(mngr: ocp.CheckpointManager, target: Any, step: Optional[int] = None) -> tuple[Any, Optional[int]]:

@@ -66,6 +66,11 @@ def validate_config(config) -> None:
         v = _get(config, dotted)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
             raise ConfigError(f"{dotted}={v!r} must be in [0, 1)")
+    from rqsid_jax.data.dataset import MAX_HISTORY
+    for dotted in ("retriever.max_history", "baseline.max_len"):
+        v = _get(config, dotted)
+        if v is not None and v > MAX_HISTORY:  # validation and test histories hold at most this many
+            raise ConfigError(f"{dotted}={v!r} exceeds the split's history cap of {MAX_HISTORY} items")
     cb = _get(config, "rqvae.codebook_size")
     if cb is not None and cb < 2:
         raise ConfigError(f"rqvae.codebook_size={cb!r}: need at least 2 codes")

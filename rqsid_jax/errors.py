@@ -15,3 +15,8 @@ class ConfigError(RqsidError):
 
 class TrainingError(RqsidError):
     """Training stopped (non-finite loss or inputs); the last good checkpoint is kept."""
+
+
+class StorageError(RqsidError):
+    """The workdir could not be written (full disk, read-only file system); what was already
+    written there is kept."""

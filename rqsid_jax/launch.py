@@ -37,6 +37,15 @@ def parse_flags(argv):
         sys.exit(2)
 
 
+def _exit_with(line: str) -> None:
+    """Prints the one error line and exits at once: a normal interpreter exit would let
+    orbax's background threads, cut short by the error, print tracebacks while shutting down."""
+    print(line, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
@@ -51,12 +60,10 @@ def main(argv):
         results = pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, progress=_PROGRESS.value,
                                partial=_PARTIAL.value)
     except RqsidError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with(f"error: {e}")
     except OSError as e:  # a read-only or full disk, a workdir path through a file: one line
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with(f"error: {where}{e.strerror or e}")
     print(f"done: {', '.join(results)}; report at {os.path.join(_WORKDIR.value, 'report.md')}")
 
 

@@ -222,7 +222,13 @@ print(json.dumps(out))
     sp = ds.split()
     expect = sorted((u, list(map(int, sp.test_history[i])), int(sp.test_target[i])) for i, u in enumerate(sp.user_ids))
     assert [tuple(x) for x in out["test"]] == expect
-    assert len(out["train"]) == len(out["validation"]) == 5
+    assert len(out["validation"]) == 5
+    # train: the retriever's training examples, one per (capped history, next item) pair
+    from rqsid_jax.retrieval.data import train_examples
+    from rqsid_jax.retrieval.tokens import SidVocab
+    ex = train_examples(sp, SidVocab.from_sids(np.zeros((ds.num_items, 3), np.int32) + np.arange(3), 16))
+    want = sorted((sp.user_ids[u], h[h >= 0].tolist(), int(t)) for u, h, t in zip(ex.user, ex.history, ex.target))
+    assert [tuple(x) for x in out["train"]] == want and len(want) > 5
 
 
 @pytest.mark.realdata

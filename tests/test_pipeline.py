@@ -178,7 +178,8 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
                          ("rqvae.num_steps", -5), ("tokenizer", "pq"), ("sid_collisions", "tokens"),
                          ("retriever.dtype", "fp8"), ("evaluation.beam", 0), ("rqvae.optimizer", "sgd"),
                          ("retriever.lr_schedule", "linear"), ("retriever.augment", "windows"),
-                         ("retriever.label_smoothing", 1.0), ("retriever.final_lr_fraction", -0.1)]:
+                         ("retriever.label_smoothing", 1.0), ("retriever.final_lr_fraction", -0.1),
+                         ("retriever.max_history", 30), ("baseline.loss", "bpr"), ("baseline.num_epochs", 0)]:
         bad = copy.deepcopy(c)
         *parents, leaf = field.split(".")
         node = bad
@@ -412,3 +413,45 @@ def test_bad_raw_input_is_one_line_through_the_launcher(tmp_path, case):
         warned = [line for line in r.stderr.splitlines() if re.search(says, line)]
         assert len(warned) == 1, r.stderr[-1500:]
         assert (tmp_path / "wd" / "data" / "stage.json").exists()
+
+
+def _tmpfs(path, size):
+    """Mounts a tmpfs of `size` at path; skips where mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]})")
+
+
+def test_full_disk_and_read_only_workdir_are_one_line(tmp_path):
+    full = tmp_path / "full"
+    _tmpfs(full, "600k")  # room for the data and embeddings, not for the RQ-VAE's checkpoints
+    try:
+        r = subprocess.run(_launch(full / "wd"), cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(r"error: .*/tokenizer/checkpoints: checkpoint of step \d+ not written "
+                            r"\(No space left on device\)", last), last
+        assert len([x for x in r.stderr.splitlines() if not x.startswith(("I", "W"))]) == 1, r.stderr[-1500:]
+        assert (full / "wd" / "embeddings" / "stage.json").exists()  # finished stages kept
+    finally:
+        subprocess.run(["umount", str(full)])
+    ro = tmp_path / "ro"
+    _tmpfs(ro, "50m")
+    try:
+        r = subprocess.run(_launch(ro / "wd", "--stages=data,embeddings"), cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-1500:]
+        before = _snapshot(ro / "wd")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        # a finished workdir on a read-only disk can be re-checked: it is only read
+        r = subprocess.run(_launch(ro / "wd", "--stages=data,embeddings"), cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-1500:]
+        # a stage that must write fails with one line naming the path
+        r = subprocess.run(_launch(ro / "wd", "--stages=data,embeddings,tokenizer"), cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(r"error: .*/wd/tokenizer.*: Read-only file system", last), last
+        assert _snapshot(ro / "wd") == before
+    finally:
+        subprocess.run(["umount", str(ro)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rqsid_jax.data.dataset import MAX_HISTORY
 from rqsid_jax.data.readers import load_dataset
 
 
@@ -51,10 +52,16 @@ class AmazonReviews(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, which):
         for u, user in enumerate(split.user_ids):
             if which == "train":
-                # The whole training part; the last item is its own next-item target.
+                # The retriever's training examples (retrieval/data.train_examples, "prefixes"):
+                # every item after the first of the training part, with the at most MAX_HISTORY
+                # items before it.
                 seq = split.train[u]
-                history, target = seq[:-1], seq[-1] if len(seq) else -1
-            elif which == "validation":
+                for i in range(1, len(seq)):
+                    yield f"{user}/{i}", {"user_id": user, "user_token": int(split.user_tokens[u]),
+                                          "history": np.asarray(seq[max(0, i - MAX_HISTORY):i], np.int32),
+                                          "target": int(seq[i])}
+                continue
+            if which == "validation":
                 history, target = split.valid_history[u], split.valid_target[u]
             else:
                 history, target = split.test_history[u], split.test_target[u]

@@ -147,8 +147,7 @@ class Collator:
         enc[:, 1:1 + w] = toks[:, :w]
         tgt = self.ex.target[i]
         return {"encoder": enc, "target_item": np.where(real, tgt, -1).astype(np.int32),
-                "target": self.item_tok[np.maximum(tgt, 0)], "weight": real.astype(np.float32),
-                "index": idx.astype(np.int64)}
+                "target": self.item_tok[np.maximum(tgt, 0)], "weight": real.astype(np.float32)}
 
     def dataset(self, plan: list[np.ndarray], start: int = 0, threads: int = 2):
         """A grain pipeline over the plan's batches from `start`, collated on worker threads."""
