@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from rqsid_jax import ablation, sharding
+from rqsid_jax import workdir as artifacts  # (run()'s `workdir` argument is a path)
 from rqsid_jax.baseline import stage as baseline_stage
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.data import load_dataset
@@ -83,7 +84,7 @@ class Context:
         self.progress = progress
         self.is_main = jax.process_index() == 0  # only process 0 writes reports
         self.mesh = sharding.data_mesh()
-        self._dataset = self._split = None
+        self._dataset = self._split = self._items = None
         self.fingerprints: dict[str, str] = {}
         self.building: dict[str, str] = {}  # stage -> directory its replacement is built in
 
@@ -102,9 +103,23 @@ class Context:
 
     @property
     def split(self):
+        """The leave-one-out split: the data stage's saved one once that stage is done."""
         if self._split is None:
-            self._split = self.dataset.split()
+            if self.is_done("data"):
+                self._split = artifacts.load_split(self.dir("data"))
+            if self._split is None:
+                self._split = self.dataset.split()
         return self._split
+
+    @property
+    def items(self):
+        """The item table: the data stage's saved one once that stage is done."""
+        if self._items is None:
+            if self.is_done("data"):
+                self._items = artifacts.load_items(self.dir("data"))
+            if self._items is None:
+                self._items = self.dataset.items
+        return self._items
 
     def input_files(self, stage: str) -> list[str]:
         """The user's files `stage` reads (their contents enter its fingerprint)."""
@@ -139,12 +154,9 @@ class Context:
 def stage_data(ctx: Context) -> dict:
     ds, sp = ctx.dataset, ctx.split
     d = ctx.dir("data")
-    write_json(os.path.join(d, "items.json"), {"item_ids": ds.items.ids, "asins": ds.items.asins,
-                                               "titles": ds.items.titles})
-    lens = np.array([len(h) for h in sp.test_history])
-    np.savez(os.path.join(d, "split.npz"), user_ids=np.array(sp.user_ids), user_tokens=sp.user_tokens,
-             valid_target=sp.valid_target, test_target=sp.test_target,
-             test_history=np.concatenate(sp.test_history), test_history_len=lens)
+    if ctx.is_main:
+        artifacts.save_items(d, ds.items)
+        artifacts.save_split(d, sp)
     return {**ds.stats(), "test_targets": int(len(sp.test_target)), "valid_targets": int(len(sp.valid_target)),
             "train_interactions": int(sum(len(t) for t in sp.train))}
 
@@ -239,7 +251,7 @@ def stage_sids(ctx: Context) -> dict:
         codes, q = new, q_new
     d = ctx.dir("sids")
     np.save(os.path.join(d, "residuals.npy"), residuals)
-    items = ctx.dataset.items
+    items = ctx.items
     sids = save_sids(d, codes, items.ids, items.asins, items.titles, collision_token_always=(mode == "token"))
     return {**sid_report(codes, M, recon_mse=float(np.mean((z - q) ** 2))), **extra,
             "sid_tokens": int(sids.shape[1])}
@@ -327,7 +339,7 @@ def stage_evaluation(ctx: Context) -> dict:
     head = np.load(os.path.join(ctx.dir("hourglass"), "head_tokens_layer2.npy"))
     out = {"checkpoint_step": int(step)}
     d = ctx.dir("evaluation")
-    items = ctx.dataset.items
+    items = ctx.items
     for which in c.splits:
         ex = eval_examples(ctx.split, r.vocab, which, rc.max_history)
         res = evaluate.evaluate(r, params, ex, c.beam, head_tokens=head, layer2_codes=codes[:, 1],

@@ -284,7 +284,7 @@ def test_partial_uses_stopped_upstream_and_records_it(tmp_path):
     assert r["tokenizer"]["incomplete_upstream"] == ["embeddings"]
 
 
-def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path):
+def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((60, 12)).astype(np.float32)
     np.save(tmp_path / "emb.npy", emb)
@@ -296,10 +296,21 @@ def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path):
     c.interactions = str(tmp_path / "inter.csv")
     c.embeddings.npy_path = str(tmp_path / "emb.npy")
     c.rqvae.codebook_size = 8
+    pipeline.run(c, str(tmp_path / "wd"), ("data", "embeddings"), progress=False)
+    want = pipeline.Context(c, str(tmp_path / "wd")).dataset
+    # later stages read the data stage's split and items, never the input files again
+    monkeypatch.setattr(pipeline, "load_dataset", lambda *a, **k: pytest.fail("input files re-read"))
     r = pipeline.run(c, str(tmp_path / "wd"), progress=False)
     assert r["data"]["items"] == 60 and r["data"]["users"] == 40
     np.testing.assert_array_equal(np.load(tmp_path / "wd" / "embeddings" / "embeddings.npy"), emb)
     assert r["sids"]["all_sids_unique"]
+    ctx = pipeline.Context(c, str(tmp_path / "wd"))
+    sp, ref = ctx.split, want.split()
+    assert sp.user_ids == ref.user_ids and ctx.items == want.items
+    for f in ("user_tokens", "valid_target", "test_target"):
+        np.testing.assert_array_equal(getattr(sp, f), getattr(ref, f))
+    for f in ("train", "valid_history", "test_history"):
+        assert [x.tolist() for x in getattr(sp, f)] == [x.tolist() for x in getattr(ref, f)], f
 
 
 @pytest.mark.parametrize("next_finished", [True, False])

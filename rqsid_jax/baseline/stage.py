@@ -19,7 +19,7 @@ def run(ctx) -> dict:
     d = ctx.dir("baseline")
     log_path = os.path.join(d, "log.jsonl")  # appended across resumes: the whole curve survives a kill
     t = time.time()
-    graphdef, params, _ = sasrec.train(c, ctx.split, ctx.dataset.num_items, os.path.join(d, "checkpoints"),
+    graphdef, params, _ = sasrec.train(c, ctx.split, len(ctx.items), os.path.join(d, "checkpoints"),
                                        ctx.mesh, log=(lambda m: curves.append(log_path, m)) if ctx.is_main else None)
     train_s = time.time() - t
     train, history = curves.read(log_path)
@@ -31,7 +31,7 @@ def run(ctx) -> dict:
         m, pred = sasrec.evaluate(graphdef, params, ctx.split, which, c.max_len, k)
         out[which] = m
         if which == "test":
-            evaluate.save_test_predictions(os.path.join(d, "predictions_test.npz"), ctx.split, ctx.dataset.items.ids,
+            evaluate.save_test_predictions(os.path.join(d, "predictions_test.npz"), ctx.split, ctx.items.ids,
                                            pred, np.asarray(ctx.split.test_target))
     if ctx.is_main:
         with open(os.path.join(d, "history.json"), "w") as f:
