@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rqsid_jax import checkpointing, sharding
+from rqsid_jax import checkpointing, selection, sharding
 from rqsid_jax.data.dataset import MAX_HISTORY, Split
 from rqsid_jax.errors import ConfigError, TrainingError
 from rqsid_jax.retrieval import precision
@@ -272,16 +272,9 @@ def train(cfg, split: Split, num_items: int, ckpt_dir: Optional[str] = None, mes
                     log({"step": step, "train_loss": float(vals.mean()), "wall_s": time.time() - t0})
             if step % every == 0 or step == end:
                 m, _ = evaluate(graphdef, state["params"], split, "validation", cfg.max_len, 10)
-                # compared in float32, the precision the best score is checkpointed in
-                improved = bool(np.float32(m["ndcg@10"]) > np.float32(sel["best"]))
-                sel = {"best": jnp.float32(max(np.float32(m["ndcg@10"]), np.float32(sel["best"]))),
-                       "bad_evals": jnp.int32(0 if improved else int(sel["bad_evals"]) + 1)}
-                if improved:
-                    best = jax.tree.map(jnp.copy, state["params"])
-                    if best_mngr is not None:
-                        checkpointing.save(best_mngr, step, best)
-                rec = {"step": step, "epoch": step / per_epoch, "wall_s": time.time() - t0,
-                       **{f"val_{k}": v for k, v in m.items() if k != "users"}, "improved": improved}
+                improved, sel["best"], sel["bad_evals"] = selection.update(m["ndcg@10"], sel["best"], sel["bad_evals"])
+                best = selection.keep_if_improved(improved, state["params"], best, best_mngr, step)
+                rec = selection.record(step, step / per_epoch, time.time() - t0, m, improved)
                 history.append(rec)
                 if log:
                     log(rec)

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rqsid_jax import checkpointing, sharding
+from rqsid_jax import checkpointing, selection, sharding
 from rqsid_jax.data.dataset import Split
 from rqsid_jax.errors import ConfigError, TrainingError
 from rqsid_jax.retrieval import evaluate, precision
@@ -255,18 +255,10 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
                 k_sel = min(10, cfg.eval_beam)  # model selection on validation NDCG@10
                 m = evaluate.evaluate(r, state["params"], val, beam=cfg.eval_beam, ks=sorted({min(5, k_sel), k_sel}),
                                       batch_size=256, progress=False)
-                score = m["metrics"][f"ndcg@{k_sel}"]
-                # compared in float32, the precision the best score is kept (and checkpointed) in:
-                # a float64 score equal to the best would otherwise beat its own float32 rounding
-                improved = bool(np.float32(score) > np.float32(state["best"]))
-                state["best"] = jnp.float32(max(np.float32(score), np.float32(state["best"])))
-                state["bad_evals"] = jnp.int32(0 if improved else int(state["bad_evals"]) + 1)
-                if improved:
-                    best_params = jax.tree.map(jnp.copy, state["params"])
-                    if best_mngr is not None:
-                        checkpointing.save(best_mngr, step, best_params)
-                rec = {"step": step, "epoch": step / steps_per_epoch, "wall_s": time.time() - t0,
-                       **{f"val_{k}": v for k, v in m["metrics"].items()}, "improved": improved}
+                improved, state["best"], state["bad_evals"] = selection.update(
+                    m["metrics"][f"ndcg@{k_sel}"], state["best"], state["bad_evals"])
+                best_params = selection.keep_if_improved(improved, state["params"], best_params, best_mngr, step)
+                rec = selection.record(step, step / steps_per_epoch, time.time() - t0, m["metrics"], improved)
                 history.append(rec)
                 if log:
                     log(rec)
