@@ -60,7 +60,7 @@ def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, 
     os.makedirs(d, exist_ok=True)
     last = {}
     t = time.time()
-    r, params, history = train_retriever(rc, sids, ctx.split, os.path.join(d, "checkpoints"), ctx.mesh,
+    r, params, history = train_retriever(rc, sids, ctx.split, ctx.checkpoints("ablation", file_name(variant)), ctx.mesh,
                                          log=lambda m: last.update(m) if "train_loss" in m else None,
                                          progress=ctx.progress)
     train_s = time.time() - t
@@ -95,7 +95,7 @@ def stage_ablation(ctx) -> dict:
     test_rows = sample_rows(ctx.split.num_users, ab.test_users, [ctx.config.seed, 7])
     rows = []
     for v, rc in configs.items():
-        path = os.path.join(ctx.dir("ablation"), file_name(v), "metrics.json")
+        path = os.path.join(ctx.shared("ablation"), file_name(v), "metrics.json")  # the same on every process
         if os.path.exists(path):
             logging.info("ablation %s: done, skipped", v)
             with open(path) as f:

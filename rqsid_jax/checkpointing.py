@@ -25,7 +25,9 @@ logging.getLogger("absl").addFilter(_OrbaxThreadErrors())
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    os.makedirs(directory, exist_ok=True)
+    """A manager of `directory` (created by process 0; orbax's create=True syncs the others)."""
+    if jax.process_index() == 0:
+        os.makedirs(directory, exist_ok=True)
     return ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),

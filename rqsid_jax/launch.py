@@ -37,6 +37,22 @@ def parse_flags(argv):
         sys.exit(2)
 
 
+def init_distributed() -> None:
+    """jax.distributed.initialize(): auto-detected on TPU pods and SLURM / MPI GPU clusters, or
+    from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (any host, CPUs too: their
+    cross-process collectives then go through gloo)."""
+    import jax
+
+    env = os.environ
+    kwargs = {}
+    if env.get("JAX_NUM_PROCESSES") and env.get("JAX_PROCESS_ID"):
+        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+        if env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
 def _exit_with(line: str) -> None:
     """Prints the one error line and exits at once: a normal interpreter exit would let
     orbax's background threads, cut short by the error, print tracebacks while shutting down."""
@@ -53,7 +69,7 @@ def main(argv):
     import jax
 
     if _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+        init_distributed()
     from rqsid_jax import pipeline
 
     try:

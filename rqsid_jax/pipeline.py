@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -87,10 +88,36 @@ class Context:
         self._dataset = self._split = self._items = None
         self.fingerprints: dict[str, str] = {}
         self.building: dict[str, str] = {}  # stage -> directory its replacement is built in
+        self.scratch: Optional[str] = None  # processes other than 0: where their copies go
 
     def dir(self, stage: str) -> str:
-        """Where `stage` reads and writes: <workdir>/<stage>, or its build beside a finished one."""
+        """Where `stage` reads and writes: <workdir>/<stage>, or its build beside a finished one.
+        On a process other than 0 (multi-host), a stage being built writes to a private scratch
+        copy instead: every process computes the same artifacts, only process 0 keeps them."""
+        if stage in self.building and not self.is_main:
+            return os.path.join(self._scratch(), stage)
         return self.building.get(stage) or os.path.join(self.workdir, stage)
+
+    def shared(self, stage: str) -> str:
+        """The stage's folder as process 0 writes it, for every process: what a process decides
+        from it (e.g. a part already done) is the same everywhere."""
+        return self.building.get(stage) or os.path.join(self.workdir, stage)
+
+    def checkpoints(self, stage: str, *sub: str) -> str:
+        """The stage's orbax checkpoints: one folder shared by every process (orbax writes them
+        cooperatively, each process its own shards, process 0 the metadata)."""
+        return os.path.join(self.shared(stage), *sub, "checkpoints")
+
+    def _scratch(self) -> str:
+        if self.scratch is None:
+            self.scratch = tempfile.mkdtemp(prefix=f"rqsid_process{jax.process_index()}_")
+        return self.scratch
+
+    def sync(self, name: str) -> None:
+        """Every process waits here (multi-host), e.g. until process 0 has written a stage."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(name)
 
     @property
     def dataset(self):
@@ -193,7 +220,7 @@ def stage_tokenizer(ctx: Context) -> dict:
                     writer.add_scalar(f"rqvae/usage_level{l + 1}", m["usage_fraction"][l], m["step"])
                 writer.flush()
 
-        _, history = train_rqvae(c.rqvae, emb, os.path.join(d, "checkpoints"), ctx.mesh, log=log,
+        _, history = train_rqvae(c.rqvae, emb, ctx.checkpoints("tokenizer"), ctx.mesh, log=log,
                                  progress=ctx.progress)
         write_json(os.path.join(d, "history.json"), history)
         last = history[-1] if history else {}
@@ -219,7 +246,7 @@ def tokenizer_encoder(ctx: Context, emb: np.ndarray) -> tuple[Callable, int, Cal
 
     c = ctx.config
     if c.tokenizer == "rqvae":
-        model = load_rqvae(c.rqvae, emb.shape[1], os.path.join(ctx.dir("tokenizer"), "checkpoints"))
+        model = load_rqvae(c.rqvae, emb.shape[1], ctx.checkpoints("tokenizer"))
         books = model.codebooks[...]
         return jax.jit(model.codes), c.rqvae.codebook_size, lambda x: (books, jax.jit(model.encode)(x))
     books = np.load(os.path.join(ctx.dir("tokenizer"), "codebooks.npy"))
@@ -236,7 +263,7 @@ def stage_sids(ctx: Context) -> dict:
     emb = load_embeddings(ctx)
     enc, M, latents = tokenizer_encoder(ctx, emb)
     x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
-    codes = np.asarray(enc(sharding.shard_batch(x, ctx.mesh)))[:n]
+    codes = sharding.to_host(enc(sharding.shard_batch(x, ctx.mesh)))[:n]
     books, z = latents(emb)
     _, residuals, q = residual_encode(books, z)
     z, q, books, residuals = (np.asarray(a) for a in (z, q, books, residuals))
@@ -306,7 +333,7 @@ def stage_retriever(ctx: Context) -> dict:
         if ctx.is_main:
             curves.append(log_path, m)
 
-    train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split, os.path.join(d, "checkpoints"),
+    train_retriever(ctx.config.retriever, retriever_sids(ctx), ctx.split, ctx.checkpoints("retriever"),
                     ctx.mesh, log=log, progress=ctx.progress)
     train, history = curves.read(log_path)
     rc = ctx.config.retriever
@@ -332,7 +359,7 @@ def stage_evaluation(ctx: Context) -> dict:
     rc = ctx.config.retriever
     r, params = build(rc, retriever_sids(ctx), rc.seed)
     params, step = checkpointing.restore(
-        checkpointing.manager(os.path.join(ctx.dir("retriever"), "checkpoints", "best"), max_to_keep=1), params)
+        checkpointing.manager(os.path.join(ctx.checkpoints("retriever"), "best"), max_to_keep=1), params)
     if step is None:
         raise ConfigError(f"{ctx.dir('retriever')}: no best retriever checkpoint")
     codes = np.load(os.path.join(ctx.dir("sids"), "codes.npy"))
@@ -401,14 +428,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; stages are {list(STAGES)}")
     validate_config(config)  # before anything in the workdir is created, changed or removed
-    os.makedirs(workdir, exist_ok=True)
     ctx = Context(config, workdir, progress)
-    if ctx.is_main:
+    try:
+        return _run_stages(ctx, wanted, partial)
+    finally:
+        if ctx.scratch is not None:  # processes other than 0: their private copies
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+
+def _run_stages(ctx: Context, wanted: list, partial: bool) -> dict:
+    config, workdir = ctx.config, ctx.workdir
+    if ctx.is_main:  # process 0 alone creates and writes the workdir
+        os.makedirs(workdir, exist_ok=True)
         text = json.dumps(_jsonable(config), indent=1)
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path) or open(path).read() != text:  # a finished read-only workdir can be re-checked
             with open(path, "w") as f:
                 f.write(text)
+    ctx.sync("workdir ready")
     results = {}
     for stage in [s for s in STAGES if s in wanted]:
         incomplete = []
@@ -419,8 +456,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
                                       f"for this config; include it in --stages (or --partial)")
                 logging.warning("stage %s: upstream stage %s is incomplete (--partial)", stage, up)
                 incomplete.append(up)
-        d = ctx.dir(stage)
-        _finish_swap(d)
+        d = os.path.join(workdir, stage)
+        if ctx.is_main:
+            _finish_swap(d)
+        ctx.sync(f"{stage}: swap finished")
         if ctx.is_done(stage):
             logging.info("stage %s: up to date, skipped", stage)
             with open(os.path.join(d, "metrics.json")) as f:
@@ -430,16 +469,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
         # the new run is built beside it in <stage>.next/ (resumable there) and swapped in last.
         build = d + ".next" if os.path.exists(os.path.join(d, "stage.json")) else d
         fp_path = os.path.join(build, "fingerprint")
-        if os.path.exists(fp_path) and open(fp_path).read().strip() != ctx.fingerprint(stage):
-            logging.info("stage %s: config changed, starting over in %s", stage, build)
-            shutil.rmtree(build)
-        os.makedirs(build, exist_ok=True)
-        with open(fp_path, "w") as f:
-            f.write(ctx.fingerprint(stage))
+        if ctx.is_main:  # only process 0 removes, creates and swaps stage folders
+            if os.path.exists(fp_path) and open(fp_path).read().strip() != ctx.fingerprint(stage):
+                logging.info("stage %s: config changed, starting over in %s", stage, build)
+                shutil.rmtree(build)
+            os.makedirs(build, exist_ok=True)
+            with open(fp_path, "w") as f:
+                f.write(ctx.fingerprint(stage))
+        ctx.sync(f"{stage}: build folder ready")
         logging.info("stage %s: running", stage)
         t = time.time()
         ctx.building[stage] = build
         try:
+            if not ctx.is_main:
+                os.makedirs(ctx.dir(stage), exist_ok=True)
             metrics = STAGE_FNS[stage](ctx)
         finally:
             ctx.building.pop(stage)
@@ -452,6 +495,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
             if build != d:
                 os.rename(d, d + ".prev")
                 _finish_swap(d)
+        ctx.sync(f"{stage}: written")  # later stages of every process read what process 0 wrote
         results[stage] = metrics
     if ctx.is_main:
         from rqsid_jax.report import write_workdir_report

@@ -43,3 +43,12 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
     if pad:
         x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)], axis=0)
     return x, n
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly batch-sharded) array as one numpy array on every process: across hosts its
+    shards live on other processes, so they are gathered first."""
+    if jax.process_count() > 1 and not getattr(x, "is_fully_addressable", True):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -466,3 +466,45 @@ def test_full_disk_and_read_only_workdir_are_one_line(tmp_path):
         assert _snapshot(ro / "wd") == before
     finally:
         subprocess.run(["umount", str(ro)])
+
+
+SHORT = ["--config.rqvae.num_steps=20", "--config.rqvae.checkpoint_every=10", "--config.retriever.num_steps=20",
+         "--config.retriever.eval_every=10", "--config.retriever.checkpoint_every=10", "--config.baseline.num_epochs=2",
+         "--config.evaluation.invalid_users=0", "--config.evaluation.given_layer1_users=0"]
+
+
+def test_two_processes_write_once_and_match_one_process(tmp_path):
+    """jax.distributed on localhost: 2 processes x 4 CPU devices into one workdir. Process 1
+    runs with umask 077, so anything it created is unreadable to others: only orbax's own
+    per-process checkpoint shards may be. Results equal one process with 8 devices, bit for bit."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+           "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+           "TMPDIR": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two processes writing one cache entry
+    wd = tmp_path / "multi"
+    procs = [subprocess.Popen(["bash", "-c", f"umask {mask}; exec \"$@\"", "-", *_launch(wd, *SHORT)], cwd=ROOT,
+                              env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+             for i, mask in ((0, "022"), (1, "077"))]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-1500:] + errs[1][-1500:]
+    private = [os.path.relpath(os.path.join(r, f), wd) for r, ds, fs in os.walk(wd) for f in ds + fs
+               if not os.stat(os.path.join(r, f)).st_mode & 0o004]
+    assert private and all("process_1" in p for p in private), private[:10]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("rqsid_process")]  # scratch removed
+    single = tmp_path / "single"
+    r = subprocess.run(_launch(single, *SHORT), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for f in ("sids/codes.npy", "sids/sids.npy"):
+        np.testing.assert_array_equal(np.load(wd / f), np.load(single / f), err_msg=f)
+    for f in ("evaluation/predictions_test.npz", "baseline/predictions_test.npz"):
+        a, b = np.load(wd / f), np.load(single / f)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}:{k}")
+    for stage in ("evaluation", "baseline"):
+        a, b = (json.load(open(w / stage / "metrics.json")) for w in (wd, single))
+        assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}

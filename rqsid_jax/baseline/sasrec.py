@@ -234,7 +234,7 @@ def train(cfg, split: Split, num_items: int, ckpt_dir: Optional[str] = None, mes
     end = cfg.num_epochs * per_epoch if stop_after is None else min(stop_after, cfg.num_epochs * per_epoch)
     every = cfg.eval_every_epochs * per_epoch
     # host-side selection state, checkpointed beside the parameters
-    sel = {"best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}
+    sel = sharding.replicate({"best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}, mesh)
     mngr = checkpointing.manager(os.path.join(ckpt_dir, "last")) if ckpt_dir else None
     best_mngr = checkpointing.manager(os.path.join(ckpt_dir, "best"), max_to_keep=1) if ckpt_dir else None
     step = 0
@@ -279,8 +279,8 @@ def train(cfg, split: Split, num_items: int, ckpt_dir: Optional[str] = None, mes
                 if log:
                     log(rec)
                 stop = bool(cfg.patience and int(sel["bad_evals"]) >= cfg.patience)
-                if mngr is not None:
-                    checkpointing.save(mngr, step, (state, sel))
+                if mngr is not None:  # across hosts orbax saves only global (placed) arrays
+                    checkpointing.save(mngr, step, (state, sharding.replicate(sel, mesh)))
             if step >= end or stop:
                 break
     return graphdef, best, history

@@ -19,7 +19,7 @@ def run(ctx) -> dict:
     d = ctx.dir("baseline")
     log_path = os.path.join(d, "log.jsonl")  # appended across resumes: the whole curve survives a kill
     t = time.time()
-    graphdef, params, _ = sasrec.train(c, ctx.split, len(ctx.items), os.path.join(d, "checkpoints"),
+    graphdef, params, _ = sasrec.train(c, ctx.split, len(ctx.items), ctx.checkpoints("baseline"),
                                        ctx.mesh, log=(lambda m: curves.append(log_path, m)) if ctx.is_main else None)
     train_s = time.time() - t
     train, history = curves.read(log_path)

@@ -210,7 +210,7 @@ def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
             _stop(f"non-finite input at step {step + 1}", idx[bad_rows], mngr)
         state, metrics = step_fn(state, sharding.shard_batch(xb, mesh))
         if not bool(metrics["finite"]):
-            _stop(f"non-finite loss at step {step + 1}", idx[~np.asarray(metrics["finite_items"])], mngr)
+            _stop(f"non-finite loss at step {step + 1}", idx[~sharding.to_host(metrics["finite_items"])], mngr)
         done = step + 1
         if cfg.revive_every and done % cfg.revive_every == 0:
             state, revived = revive_fn(state, sample, jax.random.fold_in(key, 1000 + done))
@@ -218,7 +218,7 @@ def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
                 logging.info("rqvae step %d: revived %s dead codes per level", done, np.asarray(revived).tolist())
         if done % cfg.log_every == 0 or done == end:
             m = {k: float(v) for k, v in metrics.items() if k not in ("finite_items", "finite")}
-            codes = np.asarray(_codes(graphdef, state, sample))[: len(sample_idx)]
+            codes = sharding.to_host(_codes(graphdef, state, sample))[: len(sample_idx)]
             m.update(usage_report(codes, cfg.codebook_size), step=done)
             collapsed = [l for l, u in enumerate(m["usage_fraction"]) if u < cfg.collapse_fraction]
             if collapsed:

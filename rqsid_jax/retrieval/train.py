@@ -255,8 +255,9 @@ def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str]
                 k_sel = min(10, cfg.eval_beam)  # model selection on validation NDCG@10
                 m = evaluate.evaluate(r, state["params"], val, beam=cfg.eval_beam, ks=sorted({min(5, k_sel), k_sel}),
                                       batch_size=256, progress=False)
-                improved, state["best"], state["bad_evals"] = selection.update(
-                    m["metrics"][f"ndcg@{k_sel}"], state["best"], state["bad_evals"])
+                improved, best, bad = selection.update(m["metrics"][f"ndcg@{k_sel}"], state["best"], state["bad_evals"])
+                # placed like the rest of the state: across hosts orbax saves only global arrays
+                state["best"], state["bad_evals"] = sharding.replicate((best, bad), mesh)
                 best_params = selection.keep_if_improved(improved, state["params"], best_params, best_mngr, step)
                 rec = selection.record(step, step / steps_per_epoch, time.time() - t0, m["metrics"], improved)
                 history.append(rec)
