@@ -35,7 +35,8 @@ LOSSES = ("ce", "bce")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """SASRec's settings: the recipe issue 15's search kept (see the README's baseline table)."""
+    """SASRec's recipe on Beauty (README, "SASRec baseline"): full-catalogue cross-entropy,
+    Adam at a constant 2e-3, 20 epochs (under 10 minutes on a 2-core CPU)."""
     c = ml_collections.ConfigDict()
     c.d_model = 64
     c.num_heads = 2
@@ -47,12 +48,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "auto"
     c.loss = "ce"  # ce: full-catalogue softmax | bce: one sampled negative per position (the paper)
     c.batch_size = 128
-    c.learning_rate = 1e-3
+    c.learning_rate = 2e-3  # 1e-3: validation R@10 0.045 after 4 epochs vs 0.057 at 2e-3
     c.weight_decay = 0.0
-    c.num_epochs = 200
+    c.num_epochs = 20
     c.eval_every_epochs = 2
-    c.patience = 5  # evaluations without a validation NDCG@10 gain before stopping (0 = never)
-    c.bucket_lengths = (4, 8, 12, MAX_HISTORY)  # input lengths, one jit shape each
+    c.patience = 3  # evaluations without a validation NDCG@10 gain before stopping (0 = never)
+    # input lengths, one jit shape each: Beauty's windows pad 1.14x (1.28x with 4/8/12/20)
+    c.bucket_lengths = (3, 5, 7, 10, 14, MAX_HISTORY)
     c.seed = 0
     c.log_every = 50
     return c
