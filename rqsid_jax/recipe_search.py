@@ -6,7 +6,8 @@ of a pipeline workdir (one per SID kind, built by the pipeline itself up to its 
 then decodes the same fixed sample of validation users. The test split is never read here.
 Per-user hit ranks are kept, so each variant's difference from its parent variant gets a
 paired standard error (same users, same seed). A variant killed mid-way resumes from its
-checkpoints; a finished one is skipped. Results: <workdir>/results.md and results.json.
+checkpoints; a finished one is skipped. Results: <workdir>/results.md, and per variant
+<workdir>/variants/<name>/result.json, ranks.npy (per-user hit rank, -1 = miss) and users.npy.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def table(config, workdir: str) -> str:
              f"{config.pipeline.retriever.seed}. Δ: paired difference from the variant named in `vs` "
              "(its parent: the same recipe but for the change named) ± SE.", "",
              "| variant | what | " + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in metrics)
-             + " | vs | Δ R@10 | Δ N@10 | samples/s |",
+             + " | vs | Δ R@10 | Δ N@10 | samples/s (shared machine) |",
              "|---|---|" + "---|" * (len(metrics) + 4)]
     for name, (rec, ranks, users) in done.items():
         cells = []

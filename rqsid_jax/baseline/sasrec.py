@@ -36,7 +36,7 @@ LOSSES = ("ce", "bce")
 
 def default_config() -> ml_collections.ConfigDict:
     """SASRec's recipe on Beauty (README, "SASRec baseline"): full-catalogue cross-entropy,
-    Adam at a constant 2e-3, 20 epochs (under 10 minutes on a 2-core CPU)."""
+    Adam at a constant 2e-3, 16 epochs (under 10 minutes on a 2-core CPU)."""
     c = ml_collections.ConfigDict()
     c.d_model = 64
     c.num_heads = 2
@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.learning_rate = 2e-3  # 1e-3: validation R@10 0.045 after 4 epochs vs 0.057 at 2e-3
     c.weight_decay = 0.0
-    c.num_epochs = 20
+    c.num_epochs = 16
     c.eval_every_epochs = 2
     c.patience = 3  # evaluations without a validation NDCG@10 gain before stopping (0 = never)
     # input lengths, one jit shape each: Beauty's windows pad 1.14x (1.28x with 4/8/12/20)
