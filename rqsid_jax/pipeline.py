@@ -58,6 +58,7 @@ def _jsonable(v):
 
 
 def write_json(path: str, obj) -> None:
+    """Writes obj as indented JSON (numpy values converted)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=float)
@@ -121,6 +122,7 @@ class Context:
 
     @property
     def dataset(self):
+        """The dataset parsed from the input files (the data and embeddings stages need it)."""
         if self._dataset is None:
             c = self.config
             # The user's own form is an interactions file plus its item embeddings (.npy).
@@ -159,6 +161,7 @@ class Context:
         return []
 
     def fingerprint(self, stage: str) -> str:
+        """Hash of the stage's config sections, its upstream fingerprints and its input files."""
         if stage not in self.fingerprints:
             part = {k: _jsonable(self.config.get(k)) for k in STAGE_KEYS[stage]}
             part["upstream"] = [self.fingerprint(u) for u in UPSTREAM[stage]]
@@ -169,6 +172,7 @@ class Context:
         return self.fingerprints[stage]
 
     def is_done(self, stage: str) -> bool:
+        """Whether the stage finished with the current fingerprint."""
         path = os.path.join(self.dir(stage), "stage.json")
         if not os.path.exists(path):
             return False
@@ -179,6 +183,7 @@ class Context:
 # ------------------------------------------------------------------ stages
 
 def stage_data(ctx: Context) -> dict:
+    """Reads the input files once; saves the split and item table (workdir.py) and their counts."""
     ds, sp = ctx.dataset, ctx.split
     d = ctx.dir("data")
     if ctx.is_main:
@@ -189,6 +194,7 @@ def stage_data(ctx: Context) -> dict:
 
 
 def stage_embeddings(ctx: Context) -> dict:
+    """Item embeddings [N, D] (text, .npy, given or collaborative), cached by their inputs."""
     c = ctx.config.embeddings
     t = time.time()
     emb = item_embeddings(ctx.dataset, ctx.split, c.method, ctx.dir("embeddings"), c.model_name, c.npy_path,
@@ -197,10 +203,12 @@ def stage_embeddings(ctx: Context) -> dict:
 
 
 def load_embeddings(ctx: Context) -> np.ndarray:
+    """The embeddings stage's [N, D] float32 array."""
     return np.load(os.path.join(ctx.dir("embeddings"), "embeddings.npy"), allow_pickle=False)
 
 
 def stage_tokenizer(ctx: Context) -> dict:
+    """Trains the RQ-VAE (checkpointed, resumable) or fits RQ-KMeans codebooks."""
     from rqsid_jax.quantization.kmeans import rq_kmeans
     from rqsid_jax.quantization.train import train_rqvae
 
@@ -236,6 +244,7 @@ def stage_tokenizer(ctx: Context) -> dict:
 
 
 def standardize(x: np.ndarray) -> np.ndarray:
+    """Per-dimension zero mean, unit variance (RQ-KMeans input)."""
     return ((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32)
 
 
@@ -256,6 +265,7 @@ def tokenizer_encoder(ctx: Context, emb: np.ndarray) -> tuple[Callable, int, Cal
 
 
 def stage_sids(ctx: Context) -> dict:
+    """Encodes every item to codes, then SIDs (collision token or collision-free last level)."""
     from rqsid_jax.quantization.kernels import residual_encode
     from rqsid_jax.sid.assign import collision_free_codes, save_sids, sid_report
 
@@ -285,6 +295,7 @@ def stage_sids(ctx: Context) -> dict:
 
 
 def stage_hourglass(ctx: Context) -> dict:
+    """The hourglass analysis of the codes, its figures and the mitigations' SID sets."""
     from rqsid_jax.sid.report import write_report
 
     c = ctx.config.hourglass
@@ -317,6 +328,7 @@ def retriever_sids(ctx: Context, name: Optional[str] = None) -> np.ndarray:
 
 
 def stage_retriever(ctx: Context) -> dict:
+    """Trains the generative retriever on the chosen SID set, with its validation curve."""
     from rqsid_jax.retrieval import curves, precision
     from rqsid_jax.retrieval.train import train_retriever
 
@@ -349,6 +361,7 @@ def stage_retriever(ctx: Context) -> dict:
 
 
 def stage_evaluation(ctx: Context) -> dict:
+    """Test metrics of the best retriever checkpoint, head/tail, probes, predictions file."""
     from rqsid_jax import checkpointing
     from rqsid_jax.retrieval import evaluate
     from rqsid_jax.retrieval.data import eval_examples
