@@ -66,8 +66,6 @@ def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save/restore at INFO
-    import jax
-
     if _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         init_distributed()
     from rqsid_jax import pipeline

@@ -30,23 +30,7 @@ from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.data.readers import input_files
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.inputs import signatures
-
-STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "baseline", "ablation")
-# Which config sections each stage depends on (besides its upstream stages).
-STAGE_KEYS = {
-    "data": ("dataset", "data_dir", "data_format", "interactions", "min_count"),
-    "embeddings": ("embeddings", "seed"),  # the collaborative method draws from the seed
-    "tokenizer": ("tokenizer", "rqvae", "rqkmeans", "seed"),
-    "sids": ("sid_collisions",),
-    "hourglass": ("hourglass",),
-    "retriever": ("retriever",),
-    "evaluation": ("evaluation",),
-    "baseline": ("baseline",),
-    "ablation": ("ablation", "retriever", "evaluation"),
-}
-UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
-            "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",),
-            "baseline": ("data",), "ablation": ("sids", "hourglass")}
+from rqsid_jax.stages import STAGE_KEYS, STAGES, UPSTREAM
 
 
 def _jsonable(v):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-STAGE_ORDER = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation", "baseline",
-               "ablation")
+from rqsid_jax.stages import STAGES  # the one stage list, in run order
+
 # Published test figures under the same protocol (TIGER's Table; shared/data/amazon2014/README.md):
 # (R@5, N@5, R@10, N@10)
 PUBLISHED = {
@@ -73,7 +73,7 @@ def write_workdir_report(workdir: str) -> str:
     cfg_path = os.path.join(workdir, "config.json")
     dataset = json.load(open(cfg_path)).get("dataset", "") if os.path.exists(cfg_path) else ""
     out += results_table(workdir, dataset)
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         path = os.path.join(workdir, stage, "metrics.json")
         if not os.path.exists(path):
             continue
