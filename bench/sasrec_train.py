@@ -8,7 +8,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 import optax
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
