@@ -24,6 +24,7 @@ LOSS_VARIANTS = {"baseline": "ce", "focal": "focal", "mile": "mile"}
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """The Table 2 ablation's variants, losses' gamma, budget and test users."""
     c = ml_collections.ConfigDict()
     c.variants = ("baseline", "focal", "mile", "remove_layer2", "top@20", "top@100")
     c.focal_gamma = 2.0  # Lin et al. 2017's default
@@ -51,6 +52,7 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
 
 
 def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, ks) -> dict:
+    """Trains one variant's retriever (resumable) and evaluates it on the fixed test users."""
     from rqsid_jax.retrieval import evaluate
     from rqsid_jax.retrieval.data import eval_examples
     from rqsid_jax.retrieval.train import train_retriever
@@ -83,6 +85,7 @@ def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, 
 
 
 def stage_ablation(ctx) -> dict:
+    """The ablation stage: every variant (finished ones skipped), then the table."""
     from rqsid_jax.pipeline import retriever_sids
     from rqsid_jax.retrieval.data import sample_rows
 

@@ -18,6 +18,7 @@ class _OrbaxThreadErrors(logging.Filter):
     full disk)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False for orbax's error records (the failure is re-raised as one line)."""
         return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 

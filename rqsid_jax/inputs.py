@@ -38,6 +38,7 @@ def _save_cache(cache: dict) -> None:
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

@@ -63,6 +63,7 @@ def _exit_with(line: str) -> None:
 
 
 def main(argv):
+    """Runs the pipeline for --config/--workdir; a user error is one line and exit 1."""
     del argv
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save/restore at INFO

@@ -62,6 +62,7 @@ def prepare_sids(config, workdir: str, kind: str) -> tuple[np.ndarray, object]:
 
 
 def variant_config(config, name: str) -> ml_collections.ConfigDict:
+    """The retriever config of one variant: defaults, then the budget, then its changes."""
     v = config.variants[name]
     rc = ml_collections.ConfigDict(config.pipeline.retriever.to_dict())
     rc.update(config.budget.to_dict())
@@ -71,6 +72,7 @@ def variant_config(config, name: str) -> ml_collections.ConfigDict:
 
 
 def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dict:
+    """Trains one variant (resumable), decodes the validation sample, saves its ranks."""
     from rqsid_jax.retrieval import curves, evaluate
     from rqsid_jax.retrieval.data import eval_examples, sample_rows
     from rqsid_jax.retrieval.metrics import hit_ranks, recall_ndcg
@@ -103,6 +105,7 @@ def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dic
 
 
 def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user Recall@K (0/1) or NDCG@K from hit ranks."""
     kind, k = metric.split("@")
     hit = (ranks >= 0) & (ranks < int(k))
     if kind == "recall":
@@ -111,6 +114,7 @@ def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error."""
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
 
 
@@ -154,6 +158,7 @@ def table(config, workdir: str) -> str:
 
 
 def search(config, workdir: str, names=None, table_only: bool = False) -> str:
+    """Runs the named variants (all by default) not yet finished; returns the table."""
     names = list(names or config.get("order") or config.variants.keys())
     unknown = [n for n in names if n not in config.variants]
     if unknown:
@@ -183,6 +188,7 @@ def search(config, workdir: str, names=None, table_only: bool = False) -> str:
 
 
 def main(argv):
+    """Command-line entry: one error line and exit 1 on a user error."""
     del argv
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)

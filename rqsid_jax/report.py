@@ -69,6 +69,7 @@ def _fmt(v):
 
 
 def write_workdir_report(workdir: str) -> str:
+    """Writes <workdir>/report.md (only when its text changes); returns its path."""
     out = ["# rqsid_jax run report", "", f"Workdir: `{os.path.abspath(workdir)}`", ""]
     cfg_path = os.path.join(workdir, "config.json")
     dataset = json.load(open(cfg_path)).get("dataset", "") if os.path.exists(cfg_path) else ""

@@ -20,14 +20,17 @@ def data_mesh(num_devices: Optional[int] = None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that places a full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis over the mesh."""
     return NamedSharding(mesh, P(DATA))
 
 
 def replicate(tree, mesh: Mesh):
+    """The tree placed replicated on the mesh."""
     return jax.device_put(tree, replicated(mesh))
 
 

@@ -135,6 +135,7 @@ class Batches:
         self.bucket_of = np.searchsorted(np.asarray(self.lengths), n)
 
     def plan(self, seed: int, epoch: int) -> list[np.ndarray]:
+        """Batches of window indices for one epoch (each within one bucket, -1 padded)."""
         rng = np.random.default_rng([seed, epoch])
         batches = []
         for b in range(len(self.lengths)):
@@ -153,6 +154,7 @@ class Batches:
                 "targets": np.where(real[:, None], self.targets[i, cut], 0)}
 
     def dataset(self, plan: list[np.ndarray], start: int = 0):
+        """A grain pipeline over the plan's batches from `start`."""
         return grain.MapDataset.source(plan[start:]).map(self).to_iter_dataset(
             grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
 

@@ -35,11 +35,13 @@ class ItemTable:
 
     @classmethod
     def bare(cls, ids: Sequence[str], asins: Optional[Sequence[str]] = None) -> "ItemTable":
+        """Items with ids (and ASINs) only, no text."""
         n = len(ids)
         return cls(list(ids), list(asins) if asins is not None else list(ids), [""] * n, [""] * n,
                    [[] for _ in range(n)], [None] * n)
 
     def has_text(self) -> bool:
+        """Whether any item has a title, brand or category."""
         return any(self.titles) or any(self.brands) or any(self.categories)
 
 
@@ -57,11 +59,13 @@ class Split:
 
     @property
     def num_users(self) -> int:
+        """Number of users."""
         return len(self.user_ids)
 
 
 @dataclasses.dataclass
 class SequenceDataset:
+    """Items plus each user's chronological item sequence (and optional given embeddings)."""
     name: str
     items: ItemTable
     user_ids: list[str]
@@ -79,17 +83,21 @@ class SequenceDataset:
 
     @property
     def num_users(self) -> int:
+        """Number of users."""
         return len(self.user_ids)
 
     @property
     def num_items(self) -> int:
+        """Number of items."""
         return len(self.items)
 
     @property
     def num_interactions(self) -> int:
+        """Number of (user, item) interactions."""
         return int(sum(len(s) for s in self.sequences))
 
     def stats(self) -> dict:
+        """Counts and sequence-length statistics for the data stage's metrics."""
         lengths = np.array([len(s) for s in self.sequences])
         return {"users": self.num_users, "items": self.num_items,
                 "interactions": self.num_interactions,
@@ -118,6 +126,7 @@ class SequenceDataset:
 
 
 def validate_embeddings(emb: np.ndarray, num_items: int, source: str) -> np.ndarray:
+    """The array as float32 [items, dim], or a DataError naming `source` and what is wrong."""
     if emb.ndim != 2:
         raise DataError(f"{source}: expected a 2-D [items, dim] array, got shape {emb.shape}")
     if emb.shape[0] != num_items:

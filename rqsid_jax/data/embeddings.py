@@ -24,6 +24,7 @@ METHODS = ("auto", "wordllama", "sentence_transformers", "npy", "collaborative",
 
 
 def wordllama_embed(texts: list[str], dim: int = 256) -> np.ndarray:
+    """Text embeddings [len(texts), dim] from wordllama's bundled weights (offline)."""
     import wordllama
     from wordllama import WordLlama
 
@@ -36,6 +37,7 @@ def wordllama_embed(texts: list[str], dim: int = 256) -> np.ndarray:
 
 
 def sentence_transformers_embed(texts: list[str], model_name: str) -> np.ndarray:
+    """Text embeddings from a sentence-transformers model (needs the package and its weights)."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:

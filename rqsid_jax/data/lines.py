@@ -28,6 +28,7 @@ def open_text(path: str):
 
 
 def require_file(path: str, expected: str) -> str:
+    """The path, or a DataError saying it is missing and what it should hold."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found (expected {expected})")
     return path

@@ -22,6 +22,7 @@ CATEGORIES = {
 
 
 def category_of(name: str) -> str:
+    """The Amazon category in the raw file names of a dataset name (beauty -> Beauty)."""
     return CATEGORIES.get(name.lower(), name)
 
 

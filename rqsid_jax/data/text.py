@@ -5,6 +5,7 @@ from rqsid_jax.data.dataset import ItemTable
 
 
 def item_text(items: ItemTable, i: int) -> str:
+    """One item's text: title, brand, categories and price as labelled parts."""
     parts = []
     if items.titles[i]:
         parts.append(f"Title: {items.titles[i]}")
@@ -19,6 +20,7 @@ def item_text(items: ItemTable, i: int) -> str:
 
 
 def item_texts(items: ItemTable) -> list[str]:
+    """item_text for every item, in item order."""
     return [item_text(items, i) for i in range(len(items))]
 
 

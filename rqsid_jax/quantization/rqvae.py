@@ -15,6 +15,7 @@ class Stat(nnx.Variable):
 
 
 class MLP(nnx.Module):
+    """ReLU MLP between the given widths (no activation after the last layer)."""
     def __init__(self, dims: Sequence[int], rngs: nnx.Rngs):
         self.layers = nnx.List([
             nnx.Linear(a, b, rngs=rngs, kernel_init=nnx.initializers.he_uniform())
@@ -40,6 +41,7 @@ class RQVAE(nnx.Module):
         self.std = Stat(jnp.ones((input_dim,)))
 
     def normalize(self, x):
+        """Input standardised with the statistics saved in the model."""
         return (x - self.mean[...]) / self.std[...]
 
     def encode(self, x):

@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(cfg, num_items: int, input_dim: int) -> None:
+    """ConfigError for RQ-VAE settings that cannot work with this data."""
     if cfg.levels < 1:
         raise ConfigError(f"rqvae.levels={cfg.levels}: need at least one level")
     if cfg.codebook_size < 2:
@@ -64,6 +65,7 @@ def validate(cfg, num_items: int, input_dim: int) -> None:
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
+    """The configured optax optimizer (adamw, adam or adagrad)."""
     if cfg.optimizer == "adamw":
         return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adagrad":
@@ -83,6 +85,7 @@ class Trainer:
     mesh: jax.sharding.Mesh
 
     def loss_and_metrics(self, params, stats, x):
+        """Reconstruction + codebook + commitment loss and per-item finiteness."""
         model = nnx.merge(self.graphdef, params, stats)
         x_hat, xn, codes, cb_loss, commit = model(x)
         per_item = jnp.mean((x_hat - xn) ** 2, axis=-1)
@@ -92,6 +95,7 @@ class Trainer:
                       "finite_items": jnp.isfinite(per_item)}
 
     def train_step(self, state, x):
+        """One optimizer step (and EMA codebook update where configured)."""
         params, stats = state["params"], state["stats"]
         grads, metrics = jax.grad(self.loss_and_metrics, has_aux=True)(params, stats, x)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
@@ -113,6 +117,7 @@ class Trainer:
         return new_state, metrics
 
     def revive(self, state, x, key):
+        """Re-initialises dead codes from encoder outputs of a sample."""
         model = nnx.merge(self.graphdef, state["params"], state["stats"])
         z = model.encode(x)
         books, revived = revive_dead_codes(state["params"]["codebooks"][...], z, self.cfg.min_usage, key)
@@ -157,10 +162,12 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def model_from_state(graphdef, state) -> RQVAE:
+    """The RQVAE module holding a training state's parameters and statistics."""
     return nnx.merge(graphdef, state["params"], state["stats"])
 
 
 def usage_report(codes: np.ndarray, codebook_size: int) -> dict:
+    """Per-level used codes, usage fraction and perplexity of `codes`."""
     counts = np.asarray(level_usage(jnp.asarray(codes), codebook_size))
     return {"used_codes": (counts > 0).sum(1).tolist(),
             "usage_fraction": ((counts > 0).sum(1) / codebook_size).tolist(),

@@ -21,6 +21,7 @@ NEG_INF = -1e30
 
 @dataclasses.dataclass
 class DeviceIndex:
+    """The prefix trie as device arrays, for constrained beam search inside jit."""
     start: jax.Array
     count: jax.Array
     child_token: jax.Array
@@ -31,6 +32,7 @@ class DeviceIndex:
 
     @classmethod
     def from_index(cls, ix: PrefixIndex) -> "DeviceIndex":
+        """The host PrefixIndex copied to the device."""
         return cls(jnp.asarray(ix.start), jnp.asarray(ix.count), jnp.asarray(ix.child_token),
                    jnp.asarray(ix.child_node), jnp.asarray(ix.leaf_item), tuple(int(k) for k in ix.max_children),
                    ix.depth)
@@ -103,5 +105,6 @@ def _beam_jit(graphdef, state, enc, start, count, child_token, child_node, leaf_
 
 
 def run_beam(graphdef, state, enc, index: DeviceIndex, beam: int, constrained: bool = True, first=None):
+    """Beam search over encoder inputs: (tokens, scores, items) of the top `beam` SIDs."""
     return _beam_jit(graphdef, state, enc, index.start, index.count, index.child_token, index.child_node,
                      index.leaf_item, first, beam, constrained, index.max_children, index.depth)

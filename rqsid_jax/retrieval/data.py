@@ -19,6 +19,7 @@ from rqsid_jax.retrieval.tokens import PAD, SidVocab, item_lengths
 
 @dataclasses.dataclass
 class Examples:
+    """(user token, history, target) rows for training or evaluation."""
     user_token: np.ndarray  # [E] vocabulary id of the user token
     history: np.ndarray  # [E, H] item indices, oldest first, -1 padded
     target: np.ndarray  # [E] item index
@@ -28,6 +29,7 @@ class Examples:
         return self.target.size
 
     def subset(self, rows: np.ndarray) -> "Examples":
+        """The given rows only."""
         return Examples(self.user_token[rows], self.history[rows], self.target[rows], self.user[rows])
 
 
@@ -68,6 +70,7 @@ def train_examples(split: Split, vocab: SidVocab, max_history: int = MAX_HISTORY
 
 
 def eval_examples(split: Split, vocab: SidVocab, which: str, max_history: int = MAX_HISTORY) -> Examples:
+    """One example per user: its validation or test history and target."""
     hist = split.valid_history if which == "validation" else split.test_history
     tgt = split.valid_target if which == "validation" else split.test_target
     users = np.arange(split.num_users)

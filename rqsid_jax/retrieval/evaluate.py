@@ -36,6 +36,7 @@ def generate(r, params, ex: Examples, beam: int, constrained: bool = True, batch
 def evaluate(r, params, ex: Examples, beam: int = 50, ks: Sequence[int] = KS, batch_size: int = 256,
              head_tokens: Optional[np.ndarray] = None, layer2_codes: Optional[np.ndarray] = None,
              given_first: bool = False, progress: bool = True) -> dict:
+    """Constrained beam search, Recall/NDCG@K, and head/tail splits when given."""
     items, _, _ = generate(r, params, ex, beam, True, batch_size, given_first, progress)
     out = {"metrics": recall_ndcg(items, ex.target, [k for k in ks if k <= beam]), "predictions": items}
     if head_tokens is not None and layer2_codes is not None:

@@ -22,6 +22,7 @@ BYTES = 4  # 8-bit dropout uniforms per 32-bit random word
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """Sizes, dropout, precision and encoder input of the encoder-decoder."""
     vocab_size: int
     d_model: int = 128
     num_heads: int = 6
@@ -64,6 +65,7 @@ def dropout(x, rate: float, key: Optional[jax.Array]):
 
 
 class Attention(nnx.Module):
+    """Multi-head attention (self or cross) with head-major projections."""
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         inner = cfg.num_heads * cfg.head_dim
         self.h, self.dh, self.dtype = cfg.num_heads, cfg.head_dim, cfg.dtype
@@ -118,6 +120,7 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
+    """ReLU feed-forward block with dropout inside."""
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.up = nnx.Linear(cfg.d_model, cfg.mlp_dim, rngs=rngs)
         self.down = nnx.Linear(cfg.mlp_dim, cfg.d_model, rngs=rngs)
@@ -128,6 +131,7 @@ class MLP(nnx.Module):
 
 
 class EncoderLayer(nnx.Module):
+    """Pre-LayerNorm self-attention + MLP block."""
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.ln1, self.ln2 = nnx.LayerNorm(cfg.d_model, rngs=rngs), nnx.LayerNorm(cfg.d_model, rngs=rngs)
         self.attn, self.mlp = Attention(cfg, rngs), MLP(cfg, rngs)
@@ -140,6 +144,7 @@ class EncoderLayer(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+    """Pre-LayerNorm causal self-attention, cross-attention and MLP block."""
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.ln1, self.ln2, self.ln3 = (nnx.LayerNorm(cfg.d_model, rngs=rngs) for _ in range(3))
         self.self_attn, self.cross_attn, self.mlp = Attention(cfg, rngs), Attention(cfg, rngs), MLP(cfg, rngs)
@@ -164,6 +169,7 @@ def _decoder_layer_step(layer, y, cache, t, cross_mask, cross_kv, group):
 
 
 class Seq2Seq(nnx.Module):
+    """TIGER's encoder-decoder over SID tokens (training forward and cached decoding)."""
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         init = nnx.initializers.normal(0.02)

@@ -18,20 +18,24 @@ NUM_SPECIAL = 3
 
 @dataclasses.dataclass
 class SidVocab:
+    """Token ids: specials, one block per SID column, then the user tokens."""
     column_sizes: list[int]  # vocabulary block size of each SID column
     num_user_tokens: int
     variable_length: bool
 
     @property
     def offsets(self) -> np.ndarray:
+        """First token id of each SID column's block."""
         return NUM_SPECIAL + np.concatenate([[0], np.cumsum(self.column_sizes)[:-1]]).astype(np.int64)
 
     @property
     def user_offset(self) -> int:
+        """First user-token id (SID tokens come before it)."""
         return NUM_SPECIAL + int(sum(self.column_sizes))
 
     @property
     def size(self) -> int:
+        """Vocabulary size."""
         return self.user_offset + self.num_user_tokens
 
     @property
@@ -41,6 +45,7 @@ class SidVocab:
 
     @classmethod
     def from_sids(cls, sids: np.ndarray, num_user_tokens: int = 2000) -> "SidVocab":
+        """The vocabulary that fits a SID table (-1 entries make it variable-length)."""
         sids = np.asarray(sids)
         sizes = [int(sids[:, c].max()) + 1 for c in range(sids.shape[1])]
         return cls(sizes, num_user_tokens, bool((sids < 0).any()))
@@ -64,6 +69,7 @@ def item_tokens(sids: np.ndarray, vocab: SidVocab) -> np.ndarray:
 
 
 def item_lengths(tokens: np.ndarray) -> np.ndarray:
+    """Real (non-PAD) tokens per item row."""
     return (tokens != PAD).sum(1)
 
 
@@ -85,10 +91,12 @@ class PrefixIndex:
 
     @property
     def num_nodes(self) -> int:
+        """Number of trie nodes."""
         return self.start.size
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> "PrefixIndex":
+        """The CSR prefix trie of the items' token rows."""
         tokens = np.asarray(tokens)
         n, T = tokens.shape
         # Unique prefixes per depth, numbered in sorted order; a node id per (depth, prefix).

@@ -27,6 +27,7 @@ from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tok
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """TIGER-size retriever and its training, validation and checkpoint settings."""
     c = ml_collections.ConfigDict()
     # TIGER's size.
     c.d_model = 128
@@ -94,6 +95,7 @@ def decay_mask(params):
 
 
 def optimizer(cfg) -> optax.GradientTransformation:
+    """AdamW on the schedule, decaying matmul kernels only."""
     return optax.adamw(schedule(cfg), weight_decay=cfg.weight_decay, mask=decay_mask)
 
 
@@ -160,6 +162,7 @@ def build(cfg, sids: np.ndarray, seed: int = 0):
 
 
 def make_train_step(r: Retriever, cfg, tx):
+    """A pure training step (state, batch, key) -> (state, loss); a non-finite loss keeps the state."""
     def loss_fn(params, batch, key):
         model = nnx.merge(r.graphdef, params)
         tgt = batch["target"]
@@ -182,6 +185,7 @@ def make_train_step(r: Retriever, cfg, tx):
 
 
 def make_eval_loss(r: Retriever, cfg):
+    """Summed token cross-entropy and token count of a batch (bench/precision_parity.py)."""
     def f(params, batch):
         model = nnx.merge(r.graphdef, params)
         tgt = batch["target"]

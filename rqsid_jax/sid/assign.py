@@ -70,6 +70,7 @@ def group_sizes(codes: np.ndarray) -> np.ndarray:
 
 
 def sid_report(codes: np.ndarray, codebook_size: int, recon_mse: Optional[float] = None) -> dict:
+    """Per-level usage and perplexity, prefix uniqueness and collision groups of codes."""
     codes = np.asarray(codes)
     n, L = codes.shape
     counts = np.stack([np.bincount(codes[:, l], minlength=codebook_size) for l in range(L)])

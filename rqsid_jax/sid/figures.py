@@ -50,6 +50,7 @@ def hourglass_figure(codes: np.ndarray, codebook_size: int, path: str, top: int 
 
 
 def rank_frequency_figure(codes: np.ndarray, codebook_size: int, path: str) -> str:
+    """Token frequency against rank per level, log-log; returns the path."""
     counts = token_counts(codes, codebook_size)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for l, c in enumerate(counts):
@@ -66,6 +67,7 @@ def rank_frequency_figure(codes: np.ndarray, codebook_size: int, path: str) -> s
 
 
 def residual_norm_figure(residuals: np.ndarray, path: str) -> str:
+    """Box plot of residual norms per level; returns the path."""
     norms = [np.linalg.norm(r, axis=-1) for r in np.asarray(residuals)]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.boxplot(norms, showfliers=False)
@@ -79,6 +81,7 @@ def residual_norm_figure(residuals: np.ndarray, path: str) -> str:
 
 
 def all_figures(codes, codebook_size, directory, residuals=None, prefix="") -> dict:
+    """Every hourglass figure of `codes` into `directory`; name -> path."""
     os.makedirs(directory, exist_ok=True)
     out = {"hourglass": hourglass_figure(codes, codebook_size, os.path.join(directory, f"{prefix}hourglass.png")),
            "rank_frequency": rank_frequency_figure(codes, codebook_size,

@@ -18,6 +18,7 @@ def token_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
 
 
 def entropy_bits(counts: np.ndarray) -> float:
+    """Shannon entropy in bits of a count vector."""
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum())
 
@@ -112,6 +113,7 @@ def is_hourglass(metrics: list[dict], entropy_margin: float = 0.01, gini_margin:
 
 def analyze(codes: np.ndarray, codebook_size: int, residuals: Optional[np.ndarray] = None,
             head_share: float = 0.5) -> dict:
+    """Per-level metrics, the hourglass verdict, paths and the head/tail split of codes."""
     head, is_head = head_tail_split(codes, codebook_size, head_share)
     rep = {"items": int(len(codes)), "levels": int(np.asarray(codes).shape[1]), "codebook_size": codebook_size,
            "layers": layer_metrics(codes, codebook_size),

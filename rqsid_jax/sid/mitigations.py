@@ -18,6 +18,7 @@ ABSENT = -1
 
 @dataclasses.dataclass
 class SidSet:
+    """A named SID table from the codes (a mitigation or the baseline)."""
     name: str
     sids: np.ndarray  # int32 [N, C+1]; -1 = absent; last column collision token
     levels: list[int]  # original level (0-based) of each code column
@@ -25,13 +26,16 @@ class SidSet:
 
     @property
     def variable_length(self) -> bool:
+        """Whether some SIDs have absent levels."""
         return bool((self.sids == ABSENT).any())
 
     @property
     def lengths(self) -> np.ndarray:
+        """Tokens per SID."""
         return (self.sids != ABSENT).sum(axis=1)
 
     def unique(self) -> bool:
+        """Whether every item's SID differs."""
         return np.unique(self.sids, axis=0).shape[0] == self.sids.shape[0]
 
 
@@ -46,6 +50,7 @@ def _resolve(codes: np.ndarray) -> np.ndarray:
 
 
 def baseline(codes: np.ndarray, codebook_size: int) -> SidSet:
+    """The codes as they are, plus the collision token."""
     L = codes.shape[1]
     return SidSet("baseline", _resolve(codes), list(range(L)), codebook_size ** L)
 
@@ -73,6 +78,7 @@ def capacity_top_k(codebook_size: int, levels: int, k: int) -> int:
 
 
 def top_k_tokens(codes: np.ndarray, codebook_size: int, k: int, layer: int = 1) -> np.ndarray:
+    """The k most frequent tokens of a level, sorted."""
     counts = np.bincount(codes[:, layer], minlength=codebook_size)
     return np.sort(np.argsort(-counts, kind="stable")[:k])
 
@@ -96,6 +102,7 @@ def swap_layers(codes: np.ndarray, codebook_size: int, a: int = 0, b: int = 1) -
 
 
 def all_mitigations(codes: np.ndarray, codebook_size: int, top_ks=(20, 50, 100)) -> list[SidSet]:
+    """Baseline, layer 2 removed, layers 1/2 swapped and top@K for each K."""
     sets = [baseline(codes, codebook_size), remove_layer(codes, codebook_size), swap_layers(codes, codebook_size)]
     sets += [top_k_removal(codes, codebook_size, k) for k in top_ks if k <= codebook_size]
     return sets

@@ -12,6 +12,7 @@ from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
 
 def markdown_table(rows: list[dict], cols: Sequence[str], fmt: str = "{:.4g}") -> str:
+    """A markdown table of rows over the given columns."""
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = ""
     for r in rows:
@@ -25,6 +26,7 @@ LAYER_COLS = ["layer", "entropy_bits", "normalized_entropy", "gini", "count_std"
 
 
 def mitigation_metrics(s: mitigations.SidSet, codebook_size: int) -> dict:
+    """Per-level metrics and capacity of a SID set."""
     codes = s.sids[:, :-1]
     layers = hourglass.layer_metrics(codes, codebook_size)
     for i, (row, lvl) in enumerate(zip(layers, s.levels)):
@@ -41,6 +43,7 @@ def mitigation_metrics(s: mitigations.SidSet, codebook_size: int) -> dict:
 def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals: Optional[np.ndarray] = None,
                  top_ks: Sequence[int] = (20, 50, 100), head_share: float = 0.5,
                  synthetic_cfg: Optional[dict] = None, title: str = "Hourglass analysis") -> dict:
+    """The hourglass stage's analysis.json, report.md, figures and SID sets."""
     os.makedirs(out_dir, exist_ok=True)
     fig_dir = os.path.join(out_dir, "figures")
     codes = np.asarray(codes)
@@ -66,6 +69,7 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
 
 
 def render(m: dict, title: str) -> str:
+    """The hourglass report's markdown."""
     b = m["baseline"]
     L = b["levels"]
     verdict = ("**Yes** - layer 2 has clearly lower entropy and higher Gini than layers 1 and 3."

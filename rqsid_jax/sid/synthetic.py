@@ -11,6 +11,7 @@ from rqsid_jax.sid.hourglass import is_hourglass, layer_metrics, residual_norms
 
 
 def make_inputs(kind: str, n: int, dim: int, clusters: int, zipf_a: float, seed: int) -> np.ndarray:
+    """Uniform or long-tailed (Zipf-weighted clusters) synthetic vectors."""
     rng = np.random.default_rng(seed)
     if kind == "uniform":
         return rng.uniform(-1, 1, (n, dim)).astype(np.float32)
@@ -23,6 +24,7 @@ def make_inputs(kind: str, n: int, dim: int, clusters: int, zipf_a: float, seed:
 
 def run(n: int = 20000, dim: int = 32, levels: int = 3, codebook_size: int = 64, clusters: int = 500,
         zipf_a: float = 1.2, seed: int = 0, iters: int = 20) -> dict:
+    """RQ-KMeans hourglass metrics on uniform vs long-tailed synthetic data."""
     out = {}
     for kind in ("uniform", "long_tailed"):
         x = jnp.asarray(make_inputs(kind, n, dim, clusters, zipf_a, seed))
