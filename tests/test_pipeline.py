@@ -476,7 +476,8 @@ SHORT = ["--config.rqvae.num_steps=20", "--config.rqvae.checkpoint_every=10", "-
 def test_two_processes_write_once_and_match_one_process(tmp_path):
     """jax.distributed on localhost: 2 processes x 4 CPU devices into one workdir. Process 1
     runs with umask 077, so anything it created is unreadable to others: only orbax's own
-    per-process checkpoint shards may be. Results equal one process with 8 devices, bit for bit."""
+    per-process checkpoint shards may be. SIDs and retriever results equal one process with 8
+    devices bit for bit; SASRec's up to float rounding."""
     import socket
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -501,10 +502,14 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-1500:]
     for f in ("sids/codes.npy", "sids/sids.npy"):
         np.testing.assert_array_equal(np.load(wd / f), np.load(single / f), err_msg=f)
-    for f in ("evaluation/predictions_test.npz", "baseline/predictions_test.npz"):
-        a, b = np.load(wd / f), np.load(single / f)
-        for k in a.files:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}:{k}")
-    for stage in ("evaluation", "baseline"):
-        a, b = (json.load(open(w / stage / "metrics.json")) for w in (wd, single))
-        assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+    a, b = np.load(wd / "evaluation/predictions_test.npz"), np.load(single / "evaluation/predictions_test.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    a, b = (json.load(open(w / "evaluation" / "metrics.json")) for w in (wd, single))
+    assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+    # SASRec's gradients are summed across processes by gloo, in another order than one
+    # process's all-reduce: float rounding may swap near-tied items deep in a ranking
+    a, b = np.load(wd / "baseline/predictions_test.npz"), np.load(single / "baseline/predictions_test.npz")
+    assert (a["top50_rows"] == b["top50_rows"]).all(1).mean() >= 0.99
+    a, b = (json.load(open(w / "baseline" / "metrics.json"))["test"] for w in (wd, single))
+    assert all(abs(a[k] - b[k]) <= 0.005 for k in a), (a, b)
