@@ -5,7 +5,7 @@ setup(
     name="rqsid_jax",
     version="0.1.0",
     description="TIGER-style generative retrieval with RQ semantic IDs and hourglass analysis, in JAX/Flax NNX",
-    packages=find_packages(include=["rqsid_jax", "rqsid_jax.*", "configs"]),
+    packages=find_packages(include=["rqsid_jax", "rqsid_jax.*"]),
     python_requires=">=3.10",
     # Pinned to the versions that install on the project's machines (see ../shared/DESIGN.md).
     install_requires=[

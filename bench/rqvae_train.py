@@ -7,6 +7,7 @@ import argparse
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
@@ -30,11 +31,12 @@ def main():
     step = jax.jit(Trainer(cfg, graphdef, make_optimizer(cfg), mesh).train_step, donate_argnums=0)
     batches = [sharding.shard_batch(x[i * a.batch:(i + 1) * a.batch], mesh) for i in range(4)]
     holder = {"s": state}
+    ok = jnp.bool_(True)  # no earlier step was non-finite
 
     def run():
         s = holder["s"]
         for i in range(a.steps):
-            s, m = step(s, batches[i % 4])
+            s, m = step(s, batches[i % 4], ok)
         jax.block_until_ready(m["loss"])
         holder["s"] = s
 

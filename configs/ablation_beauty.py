@@ -6,11 +6,13 @@ Upstream stages are configured exactly as in beauty.py, so a workdir that alread
 beauty.py's data..hourglass stages reuses them. The budget is sized for this project's 2-core
 CPU (~1 epoch per variant, ~15 min each); on an accelerator raise retriever.num_steps.
 """
-from configs import beauty
+import os
+
+from rqsid_jax.config_check import load_config_file
 
 
 def get_config():
-    c = beauty.get_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "beauty.py"), lock=False)
     c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "ablation")
     # Equal budgets, no model selection: every variant is scored at its last step.
     c.retriever.update(num_steps=500, eval_every=0, checkpoint_every=100, warmup_steps=150)

@@ -8,13 +8,11 @@ from rqsid_jax.baseline.sasrec import default_config as sasrec_config
 from rqsid_jax.quantization.train import default_config as rqvae_config
 from rqsid_jax.retrieval.train import default_config as retriever_config
 
-DEFAULT_DATA_DIR = os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014")
-
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.dataset = "beauty"
-    c.data_dir = DEFAULT_DATA_DIR  # or RQSID_DATA_DIR, or --config.data_dir=...
+    c.data_dir = os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014")  # or --config.data_dir=...
     c.data_format = "auto"  # auto | p5 | raw | user
     c.interactions = ""  # data_format=user: 'user,item[,timestamp]' file
     c.min_count = 5  # k-core for raw input
@@ -32,8 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.rqvae = rqvae_config()
     c.rqkmeans = ml_collections.ConfigDict({"levels": 3, "codebook_size": 256, "iters": 25})
     # 'token': TIGER's extra collision token (L+1 tokens); 'reassign': items sharing their first
-    # L-1 codes get distinct last codes by a minimum-cost assignment (L tokens, sid/assign.py)
-    c.sid_collisions = "token"
+    # L-1 codes get distinct last codes by a minimum-cost assignment (L tokens, sid/assign.py).
+    # Set with the retriever recipe below.
 
     c.hourglass = ml_collections.ConfigDict()
     c.hourglass.top_ks = (10, 20, 50, 100)
@@ -44,10 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.retriever = retriever_config()
     c.retriever.sids = "baseline"  # or a mitigation: remove_layer2 | swap12 | top@K (K in hourglass.top_ks)
-    # Sized so the whole pipeline takes ~90 min on this project's 2-core CPU (~6 epochs at ~180
-    # samples/s). TIGER trained far longer; on an accelerator raise num_steps (e.g.
-    # --config.retriever.num_steps=20000). Peak rate 0.005 was tried: no better at 500 steps.
-    c.retriever.update(num_steps=3000, eval_every=250, eval_users=2000, learning_rate=0.002,
+    # The recipe the validation search chose (configs/recipe_beauty.py, README): item-level encoder
+    # input (one position per item, ~3x faster than one per token), cosine decay, every contiguous
+    # window of a history as a training example (GRID), collision-free 3-token SIDs.
+    # num_steps is sized so the whole command takes ~90 min on this project's 2-core CPU (4000 x 256
+    # windows at ~250 samples/s). TIGER trained far longer; on an accelerator raise it
+    # (e.g. --config.retriever.num_steps=30000, or configs/beauty_long.py).
+    c.sid_collisions = "reassign"
+    c.retriever.update(encoder_input="items", lr_schedule="cosine", augment="subsequences",
+                       num_steps=4000, eval_every=500, eval_users=2000, learning_rate=0.002,
                        warmup_steps=300, patience=0, checkpoint_every=250)
 
     c.evaluation = ml_collections.ConfigDict()

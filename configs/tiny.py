@@ -1,12 +1,15 @@
 """Seconds on CPU: the whole pipeline on a generated raw-format dataset (tests, notebooks, CI)."""
-from configs import beauty
-from rqsid_jax.data.tiny import ensure_tiny_dataset
+import os
+
+from rqsid_jax.config_check import load_config_file
 
 
 def get_config():
-    c = beauty.get_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "beauty.py"), lock=False)
     c.dataset = "tiny"
-    c.data_dir = ensure_tiny_dataset()  # raw Amazon-format files, written once per machine
+    # No directory: the data layer generates the raw Amazon-format files on first use (once per
+    # machine, data/tiny.py); loading this config writes nothing.
+    c.data_dir = ""
     c.embeddings.dim = 64
     r = c.rqvae
     r.hidden_dims = (64, 32)

@@ -17,8 +17,12 @@ import time
 import ml_collections
 import numpy as np
 
+from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
-from rqsid_jax.sid.mitigations import file_name
+from rqsid_jax.retrieval import evaluate
+from rqsid_jax.retrieval.data import eval_examples, sample_rows
+from rqsid_jax.retrieval.train import train_retriever
+from rqsid_jax.sid.stage import load_sid_set
 
 LOSS_VARIANTS = {"baseline": "ce", "focal": "focal", "mile": "mile"}
 
@@ -53,42 +57,34 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
 
 def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, ks) -> dict:
     """Trains one variant's retriever (resumable) and evaluates it on the fixed test users."""
-    from rqsid_jax.retrieval import evaluate
-    from rqsid_jax.retrieval.data import eval_examples
-    from rqsid_jax.retrieval.train import train_retriever
-
     ab = ctx.config.ablation
-    d = os.path.join(ctx.dir("ablation"), file_name(variant))
+    d = os.path.join(ctx.dir("ablation"), wd.file_name(variant))
     os.makedirs(d, exist_ok=True)
     last = {}
     t = time.time()
-    r, params, history = train_retriever(rc, sids, ctx.split, ctx.checkpoints("ablation", file_name(variant)), ctx.mesh,
+    r, params, history = train_retriever(rc, sids, ctx.split, ctx.checkpoints("ablation", wd.file_name(variant)), ctx.mesh,
                                          log=lambda m: last.update(m) if "train_loss" in m else None,
                                          progress=ctx.progress)
     train_s = time.time() - t
     ex = eval_examples(ctx.split, r.vocab, "test", rc.max_history).subset(test_rows)
-    codes = np.load(os.path.join(ctx.dir("sids"), "codes.npy"))
-    head = np.load(os.path.join(ctx.dir("hourglass"), "head_tokens_layer2.npy"))
+    codes = wd.load_codes(ctx.dir("sids"))
+    head = wd.load_head_tokens(ctx.dir("hourglass"))
     t = time.time()
     # Head/tail by the target's layer-2 code in the baseline SIDs, for every variant alike.
     res = evaluate.evaluate(r, params, ex, ab.beam, ks=ks, head_tokens=head, layer2_codes=codes[:, 1],
                             batch_size=ctx.config.evaluation.batch_size, progress=ctx.progress)
-    np.savez(os.path.join(d, "predictions_test.npz"), test_rows=test_rows, top_rows=res["predictions"],
+    np.savez(os.path.join(d, wd.PREDICTIONS), test_rows=test_rows, top_rows=res["predictions"],
              target_row=ex.target)
     m = {"variant": variant, "sids": rc.sids, "loss": rc.loss, "gamma": rc.gamma, "steps": rc.num_steps,
          "train_seconds": train_s, "eval_seconds": time.time() - t, "final_train_loss": last.get("train_loss"),
          "test_users": int(len(ex)), "all": res["metrics"], "head": res["head"], "tail": res["tail"],
          "validation": history}
-    from rqsid_jax.pipeline import write_json
-    write_json(os.path.join(d, "metrics.json"), m)  # written last: marks the variant done
+    wd.write_json(os.path.join(d, wd.METRICS), m)  # written last: marks the variant done
     return m
 
 
 def stage_ablation(ctx) -> dict:
     """The ablation stage: every variant (finished ones skipped), then the table."""
-    from rqsid_jax.pipeline import retriever_sids
-    from rqsid_jax.retrieval.data import sample_rows
-
     ab = ctx.config.ablation
     top_ks = tuple(ctx.config.hourglass.top_ks)
     ks = tuple(sorted(set(ab.ks) | {10}))  # Recall@10 is in every table
@@ -98,14 +94,14 @@ def stage_ablation(ctx) -> dict:
     test_rows = sample_rows(ctx.split.num_users, ab.test_users, [ctx.config.seed, 7])
     rows = []
     for v, rc in configs.items():
-        path = os.path.join(ctx.shared("ablation"), file_name(v), "metrics.json")  # the same on every process
+        path = os.path.join(ctx.shared("ablation"), wd.file_name(v), wd.METRICS)  # the same on every process
         if os.path.exists(path):
             logging.info("ablation %s: done, skipped", v)
             with open(path) as f:
                 rows.append(json.load(f))
             continue
         logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
-        rows.append(run_variant(ctx, v, rc, retriever_sids(ctx, rc.sids), test_rows, ks))
+        rows.append(run_variant(ctx, v, rc, load_sid_set(ctx, rc.sids), test_rows, ks))
     table = table_markdown(rows, tuple(ab.ks))
     with open(os.path.join(ctx.dir("ablation"), "table.md"), "w") as f:
         f.write(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from typing import Any, Optional
 
 import jax
@@ -23,6 +24,34 @@ class _OrbaxThreadErrors(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OrbaxThreadErrors())
+
+
+def _quiet_closed_loop(hook):
+    """Wraps sys.excepthook / sys.unraisablehook so that a RuntimeError('Event loop is closed') is
+    one warning line: after a failed save, tensorstore's C++ threads still complete their futures
+    onto orbax's event loop, already closed, and CPython prints that through these hooks as a bare
+    traceback beside save()'s one-line StorageError. Every other error goes to the original hook."""
+
+    def closed(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    if hook is sys.excepthook:
+        def wrapped(kind, exc, tb):
+            if closed(exc):
+                logging.warning("orbax: a storage callback arrived after its event loop closed")
+            else:
+                hook(kind, exc, tb)
+    else:
+        def wrapped(unraisable):
+            if closed(unraisable.exc_value):
+                logging.warning("orbax: a storage callback arrived after its event loop closed")
+            else:
+                hook(unraisable)
+    return wrapped
+
+
+sys.excepthook = _quiet_closed_loop(sys.excepthook)
+sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:

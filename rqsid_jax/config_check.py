@@ -6,7 +6,28 @@ Data-dependent checks (e.g. a codebook larger than the catalogue) stay with thei
 """
 from __future__ import annotations
 
+import os
+
+import ml_collections
+
 from rqsid_jax.errors import ConfigError
+
+
+def load_config_file(path: str, lock: bool = True) -> ml_collections.ConfigDict:
+    """get_config() of an experiment file (configs/*.py), loaded by path and locked (a mistyped
+    field fails) as the launcher's --config does. Configs are files, not an installed package;
+    one derived from another loads it with lock=False, then changes it."""
+    import importlib.util
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"rqsid_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if lock:
+        config.lock()
+    return config
 
 POSITIVE = {
     "rqvae": ("num_steps", "batch_size", "checkpoint_every", "log_every", "latent_dim", "levels", "min_usage",

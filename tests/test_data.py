@@ -11,7 +11,7 @@ from rqsid_jax.data.dataset import ItemTable, SequenceDataset, hash_user, kcore
 from rqsid_jax.data.embeddings import item_embeddings
 from rqsid_jax.data.text import item_text
 from rqsid_jax.errors import DataError
-from tests.fixtures import write_raw
+from tests.fixtures import experiment_config, write_raw
 
 
 def _reviews_5core():
@@ -190,9 +190,8 @@ def test_missing_item_text_is_said_or_refused(tmp_path, caplog):
 
 
 def test_embeddings_stage_fingerprint_covers_the_seed():
-    from configs import tiny
     from rqsid_jax import pipeline
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     a = pipeline.Context(c, "/unused").fingerprint("embeddings")
     c.seed += 1  # the collaborative method draws its cold-item vectors from the seed
     assert pipeline.Context(c, "/unused").fingerprint("embeddings") != a
@@ -268,3 +267,21 @@ def test_tiny_dataset_is_private_and_never_trusted_stale(tmp_path, monkeypatch):
     assert tiny_dataset_files() == want  # the same bytes each time (no timestamp in the gzip header)
     ds = load_dataset("tiny", d)
     assert ds.num_users > 300
+
+
+def test_loading_a_config_writes_nothing_and_locks_it(tmp_path, monkeypatch):
+    """configs/tiny.py names no directory: its dataset is generated when the data layer first
+    reads it, never when the config is loaded. Loaded like the launcher does, a config is
+    locked: a mistyped field is an error, not a new field."""
+    from rqsid_jax.config_check import load_config_file
+    from rqsid_jax.data import load_dataset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    c = experiment_config("tiny")
+    assert c.data_dir == "" and not (tmp_path / "cache").exists()
+    ds = load_dataset(c.dataset, c.data_dir, c.data_format)
+    assert (tmp_path / "cache" / "rqsid_jax").is_dir() and ds.num_items > 0
+    locked = load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.py"))
+    locked.retriever.num_steps = 7  # an existing field can change
+    with pytest.raises(AttributeError):
+        locked.retriever.num_step = 7

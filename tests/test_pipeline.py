@@ -13,9 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from configs import tiny
 from rqsid_jax import pipeline
+from rqsid_jax.data.tiny import ensure_tiny_dataset
 from rqsid_jax.errors import ConfigError
+from tests.fixtures import experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     r = subprocess.run(_launch(wd), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     after = _mtimes(wd)
-    assert set(after) == set(tiny.get_config().stages)
+    assert set(after) == set(experiment_config("tiny").stages)
     for s in before:  # finished stages were not redone
         assert after[s] == before[s], s
     # Artifacts of the workdir contract.
@@ -57,7 +58,7 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     assert codes.dtype == np.int32 and codes.shape == (len(items["item_ids"]), 3)
     sids = np.load(wd / "sids" / "sids.npy")
     assert np.unique(sids, axis=0).shape[0] == sids.shape[0]
-    for s in tiny.get_config().stages:
+    for s in experiment_config("tiny").stages:
         json.load(open(wd / s / "metrics.json"))
     assert "hourglass/report.md" in open(wd / "report.md").read()
     # the hourglass stage's full analysis is kept beside its summary (it used to be overwritten)
@@ -84,7 +85,7 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     assert "baseline/figures/learning_curve.png" in report
     # The retriever's curve: every validation of the run in history.json, drawn with the loss.
     hist = json.load(open(wd / "retriever" / "history.json"))
-    rc = tiny.get_config().retriever
+    rc = experiment_config("tiny").retriever
     assert [h["step"] for h in hist] == list(range(rc.eval_every, rc.num_steps + 1, rc.eval_every))
     assert (wd / "retriever" / "figures" / "learning_curve.png").stat().st_size > 10_000
     assert "retriever/figures/learning_curve.png" in open(wd / "report.md").read()
@@ -115,7 +116,7 @@ TOKENIZER_STAGES = ("data", "embeddings", "tokenizer", "sids", "hourglass")
 
 
 def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES + ("ablation",)
     c.retriever.update(num_steps=20, eval_every=0, checkpoint_every=10)
     wd = tmp_path / "wd"
@@ -144,7 +145,7 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
 def test_ablation_rejects_unknown_variants():
     from rqsid_jax.ablation import variant_retriever_config
 
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     for bad in ("foo", "top@7", "top@x"):
         with pytest.raises(ConfigError, match=f"ablation.variants: '{bad}'"):
             variant_retriever_config(c.retriever, c.ablation, bad, tuple(c.hourglass.top_ks))
@@ -153,10 +154,10 @@ def test_ablation_rejects_unknown_variants():
 
 
 def test_config_change_reruns_only_affected_stages(tmp_path):
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES
     c.hourglass.run_synthetic = False
-    c.data_dir = str(shutil.copytree(c.data_dir, tmp_path / "data"))  # a copy this test may edit
+    c.data_dir = str(shutil.copytree(ensure_tiny_dataset(), tmp_path / "data"))  # a copy this test may edit
     wd = str(tmp_path / "wd")
     pipeline.run(c, wd, progress=False)
     before, files_before = _mtimes(wd), _file_mtimes(wd)
@@ -235,7 +236,7 @@ def _snapshot(workdir):
 
 
 def test_rqkmeans_tokenizer_and_stage_errors(tmp_path):
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES
     c.tokenizer = "rqkmeans"
     c.hourglass.run_synthetic = False
@@ -273,7 +274,7 @@ def test_launcher_errors_are_one_line(tmp_path):
 
 
 def test_partial_uses_stopped_upstream_and_records_it(tmp_path):
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES
     wd = str(tmp_path)
     pipeline.run(c, wd, stages=["data", "embeddings"], progress=False)
@@ -290,7 +291,7 @@ def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path, monkeyp
     np.save(tmp_path / "emb.npy", emb)
     lines = [f"u{u},{i},{t}" for u in range(40) for t, i in enumerate(rng.integers(0, 60, 6))]
     (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
-    c = tiny.get_config()
+    c = experiment_config("tiny")
     c.stages = ("data", "embeddings", "tokenizer", "sids")
     c.data_format = "user"
     c.interactions = str(tmp_path / "inter.csv")
@@ -404,7 +405,7 @@ BAD_RAW = {
 @pytest.mark.parametrize("case", sorted(BAD_RAW))
 def test_bad_raw_input_is_one_line_through_the_launcher(tmp_path, case):
     make_reviews, make_meta, code, says = BAD_RAW[case]
-    src = tiny.get_config().data_dir
+    src = ensure_tiny_dataset()
     data = tmp_path / "raw"
     data.mkdir()
     for name, make in ((RAW, make_reviews), ("meta_tiny.json.gz", make_meta)):

@@ -5,15 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from configs import recipe_beauty, tiny
 from rqsid_jax import recipe_search
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import data as rdata
+from tests.fixtures import experiment_config
 
 
 def _config():
-    c = recipe_beauty.get_config()
-    c.pipeline = tiny.get_config()
+    c = experiment_config("recipe_beauty")
+    c.pipeline = experiment_config("tiny")
     c.budget.update(num_steps=8, batch_size=64, warmup_steps=2, checkpoint_every=4, log_every=4)
     c.val_users = 40
     c.beam = 10

@@ -15,7 +15,7 @@ from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
 from rqsid_jax.retrieval.data import Collator, eval_examples, query_examples, train_examples
 from rqsid_jax.retrieval.metrics import recall_ndcg
 from rqsid_jax.retrieval.model import dropout
-from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
+from rqsid_jax.retrieval.tokens import BOS, EOS, PAD, PrefixIndex, SidVocab, item_tokens
 from rqsid_jax.retrieval.train import build, default_config, optimizer, train_retriever
 from rqsid_jax.sid.mitigations import top_k_removal
 
@@ -205,6 +205,26 @@ def test_constrained_never_invalid_unconstrained_measured():
     for k in (1, 5):
         assert inv[f"invalid@{k}"] == pytest.approx(1.0 - member[:, :k].mean())
     assert inv["invalid@5"] > 0.0  # an untrained model hallucinates
+
+
+def test_invalid_ids_cut_decoded_sequences_at_eos():
+    """Variable-length SIDs (top@K): positions after EOS are never trained, so what a model writes
+    there must not make a catalogue SID count as invalid; a wrong token before EOS still does."""
+    rng = np.random.default_rng(0)
+    codes = np.unique(rng.integers(0, 6, (150, 3)), axis=0)
+    sids = top_k_removal(codes, 6, 2).sids
+    v = SidVocab.from_sids(sids, 4)
+    assert v.variable_length
+    tok = item_tokens(sids, v)
+    ix = PrefixIndex.build(tok)
+    short = int(np.flatnonzero((tok == EOS).argmax(1) < tok.shape[1] - 1)[0])  # EOS before the last column
+    eos = int((tok[short] == EOS).argmax())
+    seqs = np.stack([tok[short], tok[short], tok[short]])
+    seqs[1, eos + 1:] = tok[0, 0]  # junk after EOS: still this item
+    seqs[2, eos - 1] = PAD  # a missing token before EOS: not an item
+    valid = evaluate.valid_mask(ix, seqs[None])
+    assert valid.tolist() == [[True, True, False]]
+    assert ix.lookup(seqs[1]) == -1  # the raw trie walk alone would call it invalid
 
 
 def test_dropout_rate_scale_and_sharding():

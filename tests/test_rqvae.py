@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -103,9 +104,16 @@ def test_non_finite_stops_with_step_items_and_keeps_checkpoint(tmp_path):
     resumed, _ = train_rqvae(cfg, clean, str(tmp_path / "b"), progress=False)
     for a, b in zip(_params(ref), _params(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # A loss that blows up (finite inputs, absurd learning rate) stops too, without saving the bad state.
-    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+"):
-        train_rqvae(tiny_cfg(learning_rate=1e30, optimizer="adagrad"), clustered(), progress=False)
+    # A loss that blows up (finite inputs, absurd learning rate) stops too, without saving the bad
+    # state. The host looks at the loss once a log interval, yet names the first bad step: the
+    # run stopped just before it ends cleanly.
+    blow = tiny_cfg(learning_rate=1e30, optimizer="adagrad", log_every=50, checkpoint_every=50, revive_every=0)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+") as e:
+        train_rqvae(blow, clustered(), progress=False)
+    first_bad = int(re.search(r"step (\d+)", str(e.value)).group(1))
+    assert first_bad < blow.log_every
+    _, hist = train_rqvae(blow, clustered(), stop_after=first_bad - 1, progress=False)
+    assert np.isfinite(hist[-1]["loss"]) and hist[-1]["step"] == first_bad - 1
 
 
 def _checkpointed_state(cfg, x, n_devices, directory):
@@ -157,7 +165,7 @@ def test_ema_step_by_hand():
         e = d * sums[level] + (1 - d) * onehot.T @ r
         want[level] = e / ((s + eps) / (s.sum() + M * eps) * s.sum())[:, None]
         r = r - books[level][code]
-    new, m = jax.jit(trainer.train_step)(state, jnp.asarray(xb))
+    new, m = jax.jit(trainer.train_step)(state, jnp.asarray(xb), jnp.bool_(True))
     np.testing.assert_allclose(np.asarray(new["params"]["codebooks"][...]), want, rtol=1e-4, atol=1e-5)
     assert float(m["codebook"]) > 0  # it is computed, but not part of the EMA loss
     assert float(m["loss"]) == pytest.approx(float(m["recon"]) + cfg.beta * float(m["commitment"]), rel=1e-6)

@@ -2,12 +2,12 @@
 metrics over every user and `predictions_test.npz` in the evaluation stage's format."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 
+from rqsid_jax import workdir as wd
 from rqsid_jax.baseline import sasrec
 from rqsid_jax.retrieval import curves, evaluate
 from rqsid_jax.retrieval.metrics import KS
@@ -17,7 +17,7 @@ def run(ctx) -> dict:
     """Trains (resuming from <dir>/checkpoints) and evaluates SASRec; returns its metrics."""
     c = ctx.config.baseline
     d = ctx.dir("baseline")
-    log_path = os.path.join(d, "log.jsonl")  # appended across resumes: the whole curve survives a kill
+    log_path = os.path.join(d, wd.TRAIN_LOG)
     t = time.time()
     graphdef, params, _ = sasrec.train(c, ctx.split, len(ctx.items), ctx.checkpoints("baseline"),
                                        ctx.mesh, log=(lambda m: curves.append(log_path, m)) if ctx.is_main else None)
@@ -31,11 +31,8 @@ def run(ctx) -> dict:
         m, pred = sasrec.evaluate(graphdef, params, ctx.split, which, c.max_len, k)
         out[which] = m
         if which == "test":
-            evaluate.save_test_predictions(os.path.join(d, "predictions_test.npz"), ctx.split, ctx.items.ids,
+            evaluate.save_test_predictions(os.path.join(d, wd.PREDICTIONS), ctx.split, ctx.items.ids,
                                            pred, np.asarray(ctx.split.test_target))
     if ctx.is_main:
-        with open(os.path.join(d, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
-        curves.learning_curve_figure(train, history, os.path.join(d, "figures", "learning_curve.png"),
-                                     f"SASRec on {ctx.config.dataset}", "training loss (per position)")
+        curves.finish(d, f"SASRec on {ctx.config.dataset}", "training loss (per position)")
     return out

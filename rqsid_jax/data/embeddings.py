@@ -22,6 +22,8 @@ from rqsid_jax.errors import ConfigError, DataError
 
 METHODS = ("auto", "wordllama", "sentence_transformers", "npy", "collaborative", "given")
 
+CACHE = "embeddings.npy"  # the embeddings stage's artifact (workdir.EMBEDDINGS)
+
 
 def wordllama_embed(texts: list[str], dim: int = 256) -> np.ndarray:
     """Text embeddings [len(texts), dim] from wordllama's bundled weights (offline)."""
@@ -138,7 +140,7 @@ def item_embeddings(dataset: SequenceDataset, split: Optional[Split], method: st
         payload = {"train": h.hexdigest(), "dim": dim, "seed": seed}
     key = _cache_key(method, payload)
     if cache_dir:
-        path, meta_path = os.path.join(cache_dir, "embeddings.npy"), os.path.join(cache_dir, "embeddings.json")
+        path, meta_path = os.path.join(cache_dir, CACHE), os.path.join(cache_dir, "embeddings.json")
         if os.path.exists(path) and os.path.exists(meta_path):
             with open(meta_path) as f:
                 if json.load(f).get("key") == key:

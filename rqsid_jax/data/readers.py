@@ -11,6 +11,7 @@ import numpy as np
 
 from rqsid_jax.data.dataset import ItemTable, SequenceDataset, kcore, validate_embeddings
 from rqsid_jax.data.lines import read_records, require_file
+from rqsid_jax.data.tiny import ensure_tiny_dataset
 from rqsid_jax.errors import DataError
 
 # Short dataset names used in configs -> Amazon 2014 category file names.
@@ -226,6 +227,8 @@ def _header_tolerant(parse):
 
 def _resolve(name: str, data_dir: str, fmt: str, interactions: str) -> tuple[str, str]:
     """(format, base directory) that load_dataset reads `name` from."""
+    if name == "tiny" and not data_dir:  # configs/tiny.py: generated on first use, not when loaded
+        data_dir = ensure_tiny_dataset()
     p5_dir = os.path.join(data_dir, name)
     cat = category_of(name)
     reviews = os.path.join(data_dir, f"reviews_{cat}_5.json.gz")

@@ -94,8 +94,11 @@ class Trainer:
         return loss, {"loss": loss, "recon": recon, "codebook": cb_loss, "commitment": commit,
                       "finite_items": jnp.isfinite(per_item)}
 
-    def train_step(self, state, x):
-        """One optimizer step (and EMA codebook update where configured)."""
+    def train_step(self, state, x, ok):
+        """One optimizer step (and EMA codebook update where configured). `ok`: whether every
+        earlier step since the host last looked was finite; after a non-finite step every later
+        one changes nothing, so the host can check once per log/checkpoint interval and still
+        stop with the state before the first bad step."""
         params, stats = state["params"], state["stats"]
         grads, metrics = jax.grad(self.loss_and_metrics, has_aux=True)(params, stats, x)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
@@ -109,7 +112,7 @@ class Trainer:
                                            residuals, codes, self.cfg.ema_decay)
             new_params["codebooks"] = nnx.Param(books)
             new_state.update(ema_size=size, ema_sum=sums)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(
+        finite = ok & jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         # A non-finite step changes nothing: the caller stops with the state before it.
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
@@ -208,22 +211,41 @@ def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
     sample = sharding.shard_batch(sharding.pad_to_multiple(x[sample_idx], ndev)[0], mesh)
     history = []
     bar = tqdm(range(start, end), desc="rqvae", disable=not progress, initial=start, total=end)
+    ok = jnp.bool_(True)
+    pending = []  # (step, batch rows, finite flag, per-item finiteness) since the host last looked
+    perm_epoch, perm = -1, None
+
+    def check():
+        # The host waits here once an interval, not once a step (the steps have finished by now).
+        for s, rows, good, items in pending:
+            if not bool(good):
+                _stop(f"non-finite loss at step {s + 1}", rows[~sharding.to_host(items)], mngr)
+        pending.clear()
+
     for step in bar:
         epoch, i = divmod(step, steps_per_epoch)
-        idx = epoch_permutation(cfg.seed, epoch, n)[i * batch:(i + 1) * batch]
+        if epoch != perm_epoch:  # O(N) once an epoch, not once a step
+            perm_epoch, perm = epoch, epoch_permutation(cfg.seed, epoch, n)
+        idx = perm[i * batch:(i + 1) * batch]
         xb = x[idx]
         bad_rows = ~np.isfinite(xb).all(axis=1)
         if bad_rows.any():
+            check()
             _stop(f"non-finite input at step {step + 1}", idx[bad_rows], mngr)
-        state, metrics = step_fn(state, sharding.shard_batch(xb, mesh))
-        if not bool(metrics["finite"]):
-            _stop(f"non-finite loss at step {step + 1}", idx[~sharding.to_host(metrics["finite_items"])], mngr)
+        state, metrics = step_fn(state, sharding.shard_batch(xb, mesh), ok)
+        ok = metrics["finite"]
+        pending.append((step, idx, ok, metrics["finite_items"]))
         done = step + 1
-        if cfg.revive_every and done % cfg.revive_every == 0:
+        revive = cfg.revive_every and done % cfg.revive_every == 0
+        logs = done % cfg.log_every == 0 or done == end
+        saves = mngr and (done % cfg.checkpoint_every == 0 or done == end)
+        if revive or logs or saves:
+            check()
+        if revive:
             state, revived = revive_fn(state, sample, jax.random.fold_in(key, 1000 + done))
             if int(np.sum(revived)):
                 logging.info("rqvae step %d: revived %s dead codes per level", done, np.asarray(revived).tolist())
-        if done % cfg.log_every == 0 or done == end:
+        if logs:
             m = {k: float(v) for k, v in metrics.items() if k not in ("finite_items", "finite")}
             codes = sharding.to_host(_codes(graphdef, state, sample))[: len(sample_idx)]
             m.update(usage_report(codes, cfg.codebook_size), step=done)
@@ -236,7 +258,7 @@ def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
             if log:
                 log(m)
             bar.set_postfix(loss=f"{m['loss']:.4f}", used=m["used_codes"])
-        if mngr and (done % cfg.checkpoint_every == 0 or done == end):
+        if saves:
             checkpointing.save(mngr, done, state)
     return model_from_state(graphdef, state), history
 

@@ -7,6 +7,8 @@ import os
 
 import matplotlib
 
+from rqsid_jax import workdir as wd
+
 matplotlib.use("Agg")  # headless: CI and TPU VMs have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -58,3 +60,13 @@ def learning_curve_figure(train: list[dict], val: list[dict], path: str, title: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def finish(model_dir: str, title: str, loss_label: str = "training loss (per SID token)") -> tuple[list, list]:
+    """A trained model's curve from `<model_dir>/log.jsonl`: writes history.json (the validation
+    records) and the learning-curve figure; returns (training records, validation records)."""
+    train, history = read(os.path.join(model_dir, wd.TRAIN_LOG))
+    wd.write_json(os.path.join(model_dir, wd.HISTORY), history)
+    if train or history:
+        learning_curve_figure(train, history, os.path.join(model_dir, wd.LEARNING_CURVE), title, loss_label)
+    return train, history

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
 from rqsid_jax.retrieval.data import Examples
 from rqsid_jax.retrieval.metrics import KS, recall_ndcg
+from rqsid_jax.retrieval.tokens import cut_at_eos
 
 
 def generate(r, params, ex: Examples, beam: int, constrained: bool = True, batch_size: int = 256,
@@ -46,14 +47,21 @@ def evaluate(r, params, ex: Examples, beam: int = 50, ks: Sequence[int] = KS, ba
     return out
 
 
+def valid_mask(index, tokens: np.ndarray) -> np.ndarray:
+    """[B, beam] whether each decoded sequence [B, beam, T], cut at its first EOS, is a catalogue SID."""
+    tokens = cut_at_eos(tokens)
+    valid = np.zeros(tokens.shape[:2], bool)
+    for i in range(tokens.shape[0]):
+        for j in range(tokens.shape[1]):
+            valid[i, j] = index.lookup(tokens[i, j]) >= 0
+    return valid
+
+
 def invalid_ratio(r, params, ex: Examples, beam: int = 50, ks: Sequence[int] = KS, batch_size: int = 256,
                   progress: bool = True) -> dict:
     """Unconstrained beam search: share of the top-k generated sequences that are not a catalogue SID."""
     _, tokens, _ = generate(r, params, ex, beam, False, batch_size, progress=progress)
-    valid = np.zeros(tokens.shape[:2], bool)
-    for i in range(tokens.shape[0]):
-        for j in range(beam):
-            valid[i, j] = r.index.lookup(tokens[i, j]) >= 0
+    valid = valid_mask(r.index, tokens)
     return {f"invalid@{k}": float(1.0 - valid[:, :k].mean()) for k in ks if k <= beam}
 
 

@@ -68,6 +68,15 @@ def item_tokens(sids: np.ndarray, vocab: SidVocab) -> np.ndarray:
     return out
 
 
+def cut_at_eos(tokens: np.ndarray) -> np.ndarray:
+    """Decoded sequences [..., T] with every position after the first EOS set to PAD: a model
+    never learns what follows EOS (training targets stop there), so it is not part of the SID."""
+    tokens = np.asarray(tokens)
+    is_eos = tokens == EOS
+    after = (np.cumsum(is_eos, axis=-1) - is_eos) > 0
+    return np.where(after, PAD, tokens)
+
+
 def item_lengths(tokens: np.ndarray) -> np.ndarray:
     """Real (non-PAD) tokens per item row."""
     return (tokens != PAD).sum(1)

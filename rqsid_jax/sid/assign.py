@@ -8,6 +8,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from rqsid_jax import workdir as wd
 from rqsid_jax.errors import DataError
 
 
@@ -112,11 +113,11 @@ def save_sids(directory: str, codes: np.ndarray, item_ids: Sequence[str], asins:
     os.makedirs(directory, exist_ok=True)
     codes = np.asarray(codes, np.int32)
     sids = unique_sids(codes, collision_token_always)
-    np.save(os.path.join(directory, "codes.npy"), codes)
-    np.save(os.path.join(directory, "sids.npy"), sids)
-    with open(os.path.join(directory, "item_ids.json"), "w") as f:
+    np.save(os.path.join(directory, wd.CODES), codes)
+    np.save(os.path.join(directory, wd.SIDS), sids)
+    with open(os.path.join(directory, wd.ITEM_IDS), "w") as f:
         json.dump({"item_ids": list(item_ids), "asins": list(asins)}, f)
-    with open(os.path.join(directory, "sid_table.tsv"), "w", encoding="utf-8") as f:
+    with open(os.path.join(directory, wd.SID_TABLE), "w", encoding="utf-8") as f:
         f.write("row\titem_id\tasin\tsid\ttitle\n")
         for i, sid in enumerate(sids):
             t = (titles[i] if titles is not None else "").replace("\t", " ").replace("\n", " ")

@@ -39,11 +39,6 @@ class SidSet:
         return np.unique(self.sids, axis=0).shape[0] == self.sids.shape[0]
 
 
-def file_name(name: str) -> str:
-    """A SID set's name as used in file and directory names ('top@20' -> 'top_at_20')."""
-    return name.replace("@", "_at_")
-
-
 def _resolve(codes: np.ndarray) -> np.ndarray:
     """Appends a collision token numbering items that share the same (possibly shortened) codes."""
     return np.concatenate([codes, collision_token(codes)[:, None]], axis=1).astype(np.int32)

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rqsid_jax import workdir as wd
 from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
 
@@ -58,11 +59,11 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
     syn = synthetic.run(**(synthetic_cfg or {})) if synthetic_cfg is not None else None
     metrics = {"baseline": base, "mitigations": mits, "synthetic": syn,
                "figures": {k: os.path.relpath(v, out_dir) for k, v in figs.items()}}
-    with open(os.path.join(out_dir, "analysis.json"), "w") as f:  # metrics.json is the stage summary
+    with open(os.path.join(out_dir, wd.ANALYSIS), "w") as f:  # metrics.json is the stage summary
         json.dump(metrics, f, indent=1)
-    np.save(os.path.join(out_dir, "head_tokens_layer2.npy"), np.asarray(base["head_tail"]["head_tokens"], np.int32))
+    np.save(os.path.join(out_dir, wd.HEAD_TOKENS), np.asarray(base["head_tail"]["head_tokens"], np.int32))
     for s in sets:
-        np.save(os.path.join(out_dir, f"sids_{mitigations.file_name(s.name)}.npy"), s.sids)
+        np.save(wd.sid_set_path(out_dir, s.name), s.sids)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render(metrics, title))
     return metrics
