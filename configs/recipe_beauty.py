@@ -1,8 +1,8 @@
 """Retriever recipe search on Beauty validation (python -m rqsid_jax.recipe_search).
 
 A greedy search: each variant changes one thing from its parent, at the same step budget, seed
-and validation users. The budget (1,200 steps x 256 = ~2.3 epochs) is about 1/7 of what the
-90-minute main command trains; it ranks recipes, it does not predict their final numbers.
+and validation users. The budget (1,200 steps x 256 = ~2.3 epochs of prefixes) is under a third
+of what the 90-minute main command trains; it ranks recipes, it does not predict final numbers.
 """
 import os
 

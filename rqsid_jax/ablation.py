@@ -17,6 +17,7 @@ import time
 import ml_collections
 import numpy as np
 
+from rqsid_jax import markdown
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import evaluate
@@ -116,16 +117,15 @@ def table_markdown(rows: list[dict], ks) -> str:
     n = rows[0]["test_users"] if rows else 0
     out = [f"Test users: {n} (the same for every variant). ± is the binomial standard error of Recall@10.", ""]
     for metric, title in (("recall", "Recall"), ("ndcg", "NDCG")):
-        out += ["| variant | " + " | ".join(f"{title}@{k}" for k in ks) + " |",
-                "|---|" + "---|" * len(ks)]
-        for r in rows:
-            out.append(f"| {r['variant']} | " + " | ".join(f"{r['all'][f'{metric}@{k}']:.4f}" for k in ks) + " |")
+        out += markdown.table(["variant"] + [f"{title}@{k}" for k in ks],
+                              ([r["variant"]] + [f"{r['all'][f'{metric}@{k}']:.4f}" for k in ks] for r in rows))
         out.append("")
-    out += ["| variant | SIDs | loss | steps | train min | Recall@10 | head R@10 | tail R@10 |",
-            "|---|---|---|---|---|---|---|---|"]
+    body = []
     for r in rows:
         p = r["all"]["recall@10"]
         se = (p * (1 - p) / max(r["test_users"], 1)) ** 0.5
-        out.append(f"| {r['variant']} | {r['sids']} | {r['loss']} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
-                   f"{p:.4f} ± {se:.4f} | {r['head']['recall@10']:.4f} | {r['tail']['recall@10']:.4f} |")
+        body.append([r["variant"], r["sids"], r["loss"], r["steps"], f"{r['train_seconds'] / 60:.1f}",
+                     f"{p:.4f} ± {se:.4f}", f"{r['head']['recall@10']:.4f}", f"{r['tail']['recall@10']:.4f}"])
+    out += markdown.table(["variant", "SIDs", "loss", "steps", "train min", "Recall@10", "head R@10", "tail R@10"],
+                          body)
     return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ import os
 
 import ml_collections
 
+from rqsid_jax.data.dataset import MAX_HISTORY
 from rqsid_jax.errors import ConfigError
 
 
@@ -87,7 +88,6 @@ def validate_config(config) -> None:
         v = _get(config, dotted)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
             raise ConfigError(f"{dotted}={v!r} must be in [0, 1)")
-    from rqsid_jax.data.dataset import MAX_HISTORY
     for dotted in ("retriever.max_history", "baseline.max_len"):
         v = _get(config, dotted)
         if v is not None and v > MAX_HISTORY:  # validation and test histories hold at most this many

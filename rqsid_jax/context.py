@@ -81,25 +81,25 @@ class Context:
                                          c.embeddings.npy_path if c.interactions else "", c.min_count)
         return self._dataset
 
+    def _data_artifact(self, attr: str, load, parsed):
+        """The data stage's saved artifact once that stage is done (and the file is there), else
+        the one parsed from the input files; kept on the context."""
+        if getattr(self, attr) is None:
+            if self.is_done("data"):
+                setattr(self, attr, load(self.dir("data")))
+            if getattr(self, attr) is None:
+                setattr(self, attr, parsed())
+        return getattr(self, attr)
+
     @property
     def split(self):
         """The leave-one-out split: the data stage's saved one once that stage is done."""
-        if self._split is None:
-            if self.is_done("data"):
-                self._split = wd.load_split(self.dir("data"))
-            if self._split is None:
-                self._split = self.dataset.split()
-        return self._split
+        return self._data_artifact("_split", wd.load_split, lambda: self.dataset.split())
 
     @property
     def items(self):
         """The item table: the data stage's saved one once that stage is done."""
-        if self._items is None:
-            if self.is_done("data"):
-                self._items = wd.load_items(self.dir("data"))
-            if self._items is None:
-                self._items = self.dataset.items
-        return self._items
+        return self._data_artifact("_items", wd.load_items, lambda: self.dataset.items)
 
     def input_files(self, stage: str) -> list[str]:
         """The user's files `stage` reads (their contents enter its fingerprint)."""

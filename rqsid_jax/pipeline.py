@@ -26,6 +26,7 @@ from rqsid_jax.context import Context, jsonable
 from rqsid_jax.data.stage import stage_data, stage_embeddings
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.quantization import tokenizer
+from rqsid_jax.report import write_workdir_report
 from rqsid_jax.retrieval.stage import stage_evaluation, stage_retriever
 from rqsid_jax.sid.stage import stage_hourglass, stage_sids
 from rqsid_jax.stages import STAGES, UPSTREAM
@@ -133,6 +134,5 @@ def _run_stages(ctx: Context, wanted: list, partial: bool) -> dict:
         ctx.sync(f"{stage}: written")  # later stages of every process read what process 0 wrote
         results[stage] = metrics
     if ctx.is_main:
-        from rqsid_jax.report import write_workdir_report
         write_workdir_report(workdir)
     return results

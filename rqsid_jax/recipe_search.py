@@ -23,7 +23,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from rqsid_jax import markdown, pipeline
+from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError, RqsidError
+from rqsid_jax.retrieval import curves, evaluate
+from rqsid_jax.retrieval.data import eval_examples, sample_rows
+from rqsid_jax.retrieval.metrics import hit_ranks, recall_ndcg
+from rqsid_jax.retrieval.train import train_retriever
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config (configs/recipe_*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the SID workdirs and every variant's run.")
@@ -45,8 +51,6 @@ def prepare_sids(config, workdir: str, kind: str) -> tuple[np.ndarray, object]:
     """(SID table, split) from <workdir>/sids_<kind>, run by the pipeline up to `sids`. Stages
     upstream of `sids` do not depend on the collision handling: a sibling SID workdir's finished
     ones are copied in (their fingerprints are checked by the pipeline, which reruns a mismatch)."""
-    from rqsid_jax import pipeline
-
     d = os.path.join(workdir, f"sids_{kind}")
     for other in os.listdir(workdir) if os.path.isdir(workdir) else []:
         src = os.path.join(workdir, other)
@@ -73,10 +77,6 @@ def variant_config(config, name: str) -> ml_collections.ConfigDict:
 
 def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dict:
     """Trains one variant (resumable), decodes the validation sample, saves its ranks."""
-    from rqsid_jax.retrieval import curves, evaluate
-    from rqsid_jax.retrieval.data import eval_examples, sample_rows
-    from rqsid_jax.retrieval.metrics import hit_ranks, recall_ndcg
-    from rqsid_jax.retrieval.train import train_retriever
 
     d = os.path.join(workdir, "variants", name)
     os.makedirs(d, exist_ok=True)
@@ -132,10 +132,8 @@ def table(config, workdir: str) -> str:
     lines = [f"Validation, {config.val_users} users (seed {config.val_seed}), beam {config.beam}, "
              f"{config.budget.num_steps} steps x batch {config.budget.batch_size}, training seed "
              f"{config.pipeline.retriever.seed}. Δ: paired difference from the variant named in `vs` "
-             "(its parent: the same recipe but for the change named) ± SE.", "",
-             "| variant | what | " + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in metrics)
-             + " | vs | Δ R@10 | Δ N@10 | samples/s (shared machine) |",
-             "|---|---|" + "---|" * (len(metrics) + 4)]
+             "(its parent: the same recipe but for the change named) ± SE.", ""]
+    body = []
     for name, (rec, ranks, users) in done.items():
         cells = []
         for m in metrics:
@@ -153,8 +151,10 @@ def table(config, workdir: str) -> str:
             cells.append(f"{mu:+.4f} ± {se:.4f}")
         sps = rec.get("samples_per_s")
         cells.append(f"{sps:.0f}" if sps else "")
-        lines.append(f"| `{name}` | {rec['description']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append([f"`{name}`", rec["description"]] + cells)
+    header = (["variant", "what"] + [m.replace("recall", "R").replace("ndcg", "N") for m in metrics]
+              + ["vs", "Δ R@10", "Δ N@10", "samples/s (shared machine)"])
+    return "\n".join(lines + markdown.table(header, body)) + "\n"
 
 
 def search(config, workdir: str, names=None, table_only: bool = False) -> str:
@@ -163,8 +163,6 @@ def search(config, workdir: str, names=None, table_only: bool = False) -> str:
     unknown = [n for n in names if n not in config.variants]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; the config has {list(config.variants)}")
-    from rqsid_jax.config_check import validate_config
-
     for name in names:  # every variant's whole config, before anything runs
         pc = ml_collections.ConfigDict(config.pipeline.to_dict())
         pc.retriever = variant_config(config, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from rqsid_jax import markdown
 from rqsid_jax.stages import STAGES  # the one stage list, in run order
 
 # Published test figures under the same protocol (TIGER's Table; shared/data/amazon2014/README.md):
@@ -39,13 +40,12 @@ def results_table(workdir: str, dataset: str = "") -> list[str]:
         rows.append(("SASRec (this run)", base["test"], base.get("wall_seconds")))
     if not rows:
         return []
-    head = "| model | " + " | ".join(k.replace("recall", "R").replace("ndcg", "N") for k in RESULT_KS) + " | training stage s |"
-    out = ["## Results (test, every user)", "", head, "|---|" + "---|" * (len(RESULT_KS) + 1)]
-    for name, m, sec in rows:
-        cells = [f"{m[k]:.4f}" if k in m else "" for k in RESULT_KS] + [f"{sec:.0f}" if sec is not None else ""]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    for name, (r5, n5, r10, n10) in PUBLISHED.get(dataset, {}).items():
-        out.append(f"| {name} | {r5:.4f} | {n5:.4f} | {r10:.4f} | {n10:.4f} | | | |")
+    header = ["model"] + [k.replace("recall", "R").replace("ndcg", "N") for k in RESULT_KS] + ["training stage s"]
+    body = [[name] + [f"{m[k]:.4f}" if k in m else "" for k in RESULT_KS] + [f"{sec:.0f}" if sec is not None else ""]
+            for name, m, sec in rows]
+    body += [[name] + [f"{v:.4f}" for v in published] + [""] * (len(header) - 1 - len(published))
+             for name, published in PUBLISHED.get(dataset, {}).items()]
+    out = ["## Results (test, every user)", ""] + markdown.table(header, body)
     out.append("")
     if ev and ev.get("test_given_layer1"):
         g = ev["test_given_layer1"]
@@ -80,9 +80,9 @@ def write_workdir_report(workdir: str) -> str:
             continue
         with open(path) as f:
             m = json.load(f)
-        out += [f"## {stage}", "", "| metric | value |", "|---|---|"]
-        out += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if not isinstance(v, (dict, list)) or
-                (isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v))]
+        out += [f"## {stage}", ""] + markdown.table(
+            ["metric", "value"], ([k, _fmt(v)] for k, v in m.items() if not isinstance(v, (dict, list)) or
+                                  (isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v))))
         out.append("")
         if stage == "hourglass":
             out += ["Full analysis with every table: [hourglass/report.md](hourglass/report.md)", ""]

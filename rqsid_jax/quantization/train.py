@@ -149,14 +149,20 @@ def init_state(cfg, x: np.ndarray, mesh, key) -> tuple[nnx.GraphDef, dict]:
         z = model.encode(jnp.asarray(first))
         model.codebooks[...] = rq_kmeans(jax.random.fold_in(key, 1), z, cfg.levels, cfg.codebook_size,
                                          cfg.kmeans_iters)
+    graphdef, state = train_state(cfg, model)
+    return graphdef, sharding.replicate(state, mesh)
+
+
+def train_state(cfg, model: RQVAE) -> tuple[nnx.GraphDef, dict]:
+    """The training state's one schema (what checkpoints hold): parameters, statistics,
+    optimizer state, step, and with EMA codebooks their running counts and sums."""
     graphdef, params, stats = nnx.split(model, nnx.Param, Stat)
-    tx = make_optimizer(cfg)
-    state = {"params": params, "stats": stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    state = {"params": params, "stats": stats, "opt_state": make_optimizer(cfg).init(params), "step": jnp.int32(0)}
     if cfg.ema:
         # EMA statistics start as one pseudo-count at each (k-means) code.
         state["ema_size"] = jnp.ones((cfg.levels, cfg.codebook_size))
         state["ema_sum"] = jnp.array(params["codebooks"][...])
-    return graphdef, sharding.replicate(state, mesh)
+    return graphdef, state
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -173,8 +179,8 @@ def usage_report(codes: np.ndarray, codebook_size: int) -> dict:
     """Per-level used codes, usage fraction and perplexity of `codes`."""
     counts = np.asarray(level_usage(jnp.asarray(codes), codebook_size))
     return {"used_codes": (counts > 0).sum(1).tolist(),
-            "usage_fraction": ((counts > 0).sum(1) / codebook_size).tolist(),
-            "perplexity": np.asarray(perplexity(jnp.asarray(counts))).round(2).tolist()}
+            "usage_fraction": ((counts > 0).sum(1) / codebook_size).round(4).tolist(),
+            "perplexity": np.asarray(perplexity(jnp.asarray(counts)), np.float64).round(2).tolist()}
 
 
 def train_rqvae(cfg, x: np.ndarray, ckpt_dir: Optional[str] = None, mesh=None,
@@ -279,12 +285,7 @@ def load_rqvae(cfg, input_dim: int, ckpt_dir: str) -> RQVAE:
     """Rebuilds the model and restores the latest checkpoint's parameters and statistics."""
     model = RQVAE(input_dim, tuple(cfg.hidden_dims), cfg.latent_dim, cfg.levels, cfg.codebook_size,
                   rngs=nnx.Rngs(0))
-    graphdef, params, stats = nnx.split(model, nnx.Param, Stat)
-    tx = make_optimizer(cfg)
-    target = {"params": params, "stats": stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
-    if cfg.ema:
-        target["ema_size"] = jnp.zeros((cfg.levels, cfg.codebook_size))
-        target["ema_sum"] = jnp.zeros((cfg.levels, cfg.codebook_size, cfg.latent_dim))
+    graphdef, target = train_state(cfg, model)
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"{ckpt_dir}: no RQ-VAE checkpoint directory")
     state, step = checkpointing.restore(checkpointing.manager(ckpt_dir), target)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import DataError
+from rqsid_jax.quantization.train import usage_report
 
 
 def collision_token(codes: np.ndarray) -> np.ndarray:
@@ -74,18 +75,12 @@ def sid_report(codes: np.ndarray, codebook_size: int, recon_mse: Optional[float]
     """Per-level usage and perplexity, prefix uniqueness and collision groups of codes."""
     codes = np.asarray(codes)
     n, L = codes.shape
-    counts = np.stack([np.bincount(codes[:, l], minlength=codebook_size) for l in range(L)])
-    p = counts / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
     sizes = group_sizes(codes)
     hist = np.bincount(sizes)
     sids = with_collision_token(codes)
     rep = {
         "items": int(n), "levels": int(L), "codebook_size": int(codebook_size),
-        "used_codes": (counts > 0).sum(1).tolist(),
-        "usage_fraction": ((counts > 0).sum(1) / codebook_size).round(4).tolist(),
-        "perplexity": np.exp(ent).round(2).tolist(),
+        **usage_report(codes, codebook_size),
         "unique_prefix_ratio": float((sizes == 1).sum() / n),
         "distinct_prefixes": int(sizes.size),
         "max_collision_group": int(sizes.max()),

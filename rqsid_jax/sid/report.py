@@ -9,17 +9,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from rqsid_jax import workdir as wd
+from rqsid_jax import markdown
 from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
 
 def markdown_table(rows: list[dict], cols: Sequence[str], fmt: str = "{:.4g}") -> str:
     """A markdown table of rows over the given columns."""
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    body = ""
-    for r in rows:
-        body += "| " + " | ".join(fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                  for c in cols) + " |\n"
-    return head + body
+    cells = ([fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols] for r in rows)
+    return "\n".join(markdown.table(cols, cells)) + "\n"
 
 
 LAYER_COLS = ["layer", "entropy_bits", "normalized_entropy", "gini", "count_std", "utilization",
