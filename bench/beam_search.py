@@ -1,6 +1,4 @@
 """Constrained beam search throughput at TIGER size on Beauty test queries (queries/s)."""
-import argparse
-import os
 import sys
 import time
 
@@ -8,26 +6,21 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from bench.common import emit, median  # noqa: E402
-from bench.retriever_train import sids_for  # noqa: E402
-from rqsid_jax.data import load_dataset  # noqa: E402
+from bench.common import beauty_inputs, beauty_parser, emit, median  # noqa: E402
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam  # noqa: E402
 from rqsid_jax.retrieval.data import eval_examples  # noqa: E402
 from rqsid_jax.retrieval.train import build, default_config  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data_dir", default=os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014"))
-    ap.add_argument("--sids", default="")
+    ap = beauty_parser()
     ap.add_argument("--beams", default="10,20,50")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--encoder_inputs", default="tokens,items")
     a = ap.parse_args()
-    ds = load_dataset("beauty", a.data_dir)
-    sids = sids_for(ds.num_items, a.sids)
+    _, sp, sids, _ = beauty_inputs(a)
     variants = {}
     for dt in a.dtypes.split(","):
         for inp in a.encoder_inputs.split(","):
@@ -35,7 +28,7 @@ def main():
             cfg.update(dtype=dt, encoder_input=inp)
             variants[(dt, inp)] = build(cfg, sids)
     r = next(iter(variants.values()))[0]
-    col = r.collator(eval_examples(ds.split(), r.vocab, "test"), a.batch)
+    col = r.collator(eval_examples(sp, r.vocab, "test"), a.batch)
     batches = [jnp.asarray(col(p)["encoder"]) for p in col.plan(0, 0)[: a.batches]]
     ix = DeviceIndex.from_index(r.index)
     for beam in [int(b) for b in a.beams.split(",")]:

@@ -4,8 +4,6 @@ validation loss of both, each computed in float32 from the float32 master parame
 
 Prints one JSON line per precision and one with their relative difference.
 """
-import argparse
-import os
 import sys
 import time
 
@@ -13,26 +11,20 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from bench.common import emit  # noqa: E402
-from bench.retriever_train import KEYS, sids_for  # noqa: E402
+from bench.common import beauty_inputs, beauty_parser, emit  # noqa: E402
+from bench.retriever_train import KEYS  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
-from rqsid_jax.data import load_dataset  # noqa: E402
 from rqsid_jax.retrieval.data import eval_examples, sample_rows, train_examples  # noqa: E402
 from rqsid_jax.retrieval.train import build, default_config, make_eval_loss, make_train_step, optimizer  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data_dir", default=os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014"))
-    ap.add_argument("--sids", default="")
+    ap = beauty_parser()
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--encoder_input", default="tokens")
     ap.add_argument("--val_users", type=int, default=5000)
     a = ap.parse_args()
-    ds = load_dataset("beauty", a.data_dir)
-    sp = ds.split()
-    sids = sids_for(ds.num_items, a.sids)
-    mesh = sharding.data_mesh()
+    ds, sp, sids, mesh = beauty_inputs(a)
     cfg32 = default_config()
     cfg32.update(dtype="float32", encoder_input=a.encoder_input)
     r32, _ = build(cfg32, sids, cfg32.seed)

@@ -7,12 +7,10 @@ dense matmuls (q/k/v projections, MLP, logits), attention einsums (scores, mixin
 projection, all in Attention.__call__), layout copies/transposes, dropout,
 softmax, LayerNorm, loss, optimizer update, other elementwise.
 """
-import argparse
 import collections
 import glob
 import gzip
 import json
-import os
 import re
 import sys
 import tempfile
@@ -23,10 +21,9 @@ import numpy as np
 
 jax.config.update("jax_include_full_tracebacks_in_locations", True)
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from bench.common import emit  # noqa: E402
-from bench.retriever_train import KEYS, sids_for  # noqa: E402
+from bench.common import beauty_inputs, beauty_parser, emit  # noqa: E402
+from bench.retriever_train import KEYS  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
-from rqsid_jax.data import load_dataset  # noqa: E402
 from rqsid_jax.retrieval.data import train_examples  # noqa: E402
 from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
 
@@ -104,16 +101,12 @@ def profile(step, state, batch, key, hlo: str, steps: int = 3) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data_dir", default=os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014"))
+    ap = beauty_parser(sids=False)
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--encoder_inputs", default="tokens,items")
     ap.add_argument("--batch", type=int, default=256)
     a = ap.parse_args()
-    ds = load_dataset("beauty", a.data_dir)
-    sp = ds.split()
-    sids = sids_for(ds.num_items, "")
-    mesh = sharding.data_mesh()
+    ds, sp, sids, mesh = beauty_inputs(a)
     for dt in a.dtypes.split(","):
         for inp in a.encoder_inputs.split(","):
             cfg = default_config()

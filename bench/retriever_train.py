@@ -8,8 +8,6 @@ precision's matmul peak, measured by a GEMM probe in the same run (gemm_gflops).
 Uses the real sequences (RQSID_DATA_DIR) and SIDs from a workdir when given (else random
 unique 3x256 codes plus a collision column: the SID values do not change the compute).
 """
-import argparse
-import os
 import sys
 import time
 
@@ -17,23 +15,13 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from bench.common import emit, gemm_gflops, median  # noqa: E402
+from bench.common import beauty_inputs, beauty_parser, emit, gemm_gflops, median  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
-from rqsid_jax.data import load_dataset  # noqa: E402
 from rqsid_jax.retrieval import precision  # noqa: E402
 from rqsid_jax.retrieval.data import train_examples  # noqa: E402
 from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
 
 KEYS = ("encoder", "target", "weight")
-
-
-def sids_for(n, path):
-    if path and os.path.exists(path):
-        return np.load(path)
-    rng = np.random.default_rng(0)
-    codes = rng.choice(256 ** 3, n, replace=False)
-    c = np.stack([codes // 65536, codes // 256 % 256, codes % 256, np.zeros(n, int)], 1)
-    return c.astype(np.int32)
 
 
 def mflop_per_example(cfg, r, enc_positions: float) -> float:
@@ -50,9 +38,7 @@ def mflop_per_example(cfg, r, enc_positions: float) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data_dir", default=os.environ.get("RQSID_DATA_DIR", "../shared/data/amazon2014"))
-    ap.add_argument("--sids", default="")
+    ap = beauty_parser()
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20, help="steps per window")
     ap.add_argument("--repeats", type=int, default=3, help="windows per variant")
@@ -60,10 +46,7 @@ def main():
     ap.add_argument("--encoder_inputs", default="tokens,items")
     ap.add_argument("--dropout", type=float, default=0.1)
     a = ap.parse_args()
-    ds = load_dataset("beauty", a.data_dir)
-    sp = ds.split()
-    sids = sids_for(ds.num_items, a.sids)
-    mesh = sharding.data_mesh()
+    ds, sp, sids, mesh = beauty_inputs(a)
     peaks = {dt: gemm_gflops(dt) for dt in a.dtypes.split(",")}
     variants = {}
     for dt in a.dtypes.split(","):

@@ -214,3 +214,19 @@ def test_streaming_assignment_matches_direct(tmp_path):
                                  chunk_size=1000, progress=False)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(model.codes(x)))
     np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), np.asarray(out))
+
+
+def test_closed_event_loop_callbacks_are_one_warning_and_other_errors_pass_through(capsys, caplog):
+    # After a failed save, tensorstore completes futures onto orbax's closed event loop; CPython
+    # reports that through sys.excepthook / sys.unraisablehook as a bare traceback.
+    closed = RuntimeError("Event loop is closed")
+    sys.excepthook(RuntimeError, closed, None)
+    sys.unraisablehook(type("U", (), {"exc_value": closed, "exc_type": RuntimeError, "exc_traceback": None,
+                                      "err_msg": None, "object": None})())
+    assert "Traceback" not in capsys.readouterr().err
+    assert sum("event loop closed" in r.getMessage() for r in caplog.records) == 2
+    try:
+        raise ValueError("a real bug")
+    except ValueError as e:
+        sys.excepthook(ValueError, e, e.__traceback__)  # still printed in full
+    assert "ValueError: a real bug" in capsys.readouterr().err
