@@ -8,8 +8,8 @@ import jax.numpy as jnp
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import beauty_inputs, beauty_parser, emit, median  # noqa: E402
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam  # noqa: E402
-from rqsid_jax.retrieval.data import eval_examples  # noqa: E402
-from rqsid_jax.retrieval.train import build, default_config  # noqa: E402
+from rqsid_jax.retrieval.input_pipeline import eval_examples  # noqa: E402
+from rqsid_jax.retrieval.train import build_retriever, default_config  # noqa: E402
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
         for inp in a.encoder_inputs.split(","):
             cfg = default_config()
             cfg.update(dtype=dt, encoder_input=inp)
-            variants[(dt, inp)] = build(cfg, sids)
+            variants[(dt, inp)] = build_retriever(cfg, sids)
     r = next(iter(variants.values()))[0]
     col = r.collator(eval_examples(sp, r.vocab, "test"), a.batch)
     batches = [jnp.asarray(col(p)["encoder"]) for p in col.plan(0, 0)[: a.batches]]

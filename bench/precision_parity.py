@@ -14,8 +14,8 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import beauty_inputs, beauty_parser, emit  # noqa: E402
 from bench.retriever_train import KEYS  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
-from rqsid_jax.retrieval.data import eval_examples, sample_rows, train_examples  # noqa: E402
-from rqsid_jax.retrieval.train import build, default_config, make_eval_loss, make_train_step, optimizer  # noqa: E402
+from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows, train_examples  # noqa: E402
+from rqsid_jax.retrieval.train import build_retriever, default_config, make_eval_loss, make_train_step, optimizer  # noqa: E402
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     ds, sp, sids, mesh = beauty_inputs(a)
     cfg32 = default_config()
     cfg32.update(dtype="float32", encoder_input=a.encoder_input)
-    r32, _ = build(cfg32, sids, cfg32.seed)
+    r32, _ = build_retriever(cfg32, sids, cfg32.seed)
     val = eval_examples(sp, r32.vocab, "validation")
     val = val.subset(sample_rows(len(val), a.val_users, [cfg32.seed, 7]))
     vcol = r32.collator(val, 250)
@@ -36,7 +36,7 @@ def main():
     for dt in ("float32", "bfloat16"):
         cfg = default_config()
         cfg.update(dtype=dt, encoder_input=a.encoder_input, learning_rate=0.002, warmup_steps=200)
-        r, params = build(cfg, sids, cfg.seed)
+        r, params = build_retriever(cfg, sids, cfg.seed)
         tx = optimizer(cfg)
         state = sharding.replicate({"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}, mesh)
         step = jax.jit(make_train_step(r, cfg, tx), donate_argnums=0)

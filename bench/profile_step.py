@@ -24,8 +24,8 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import beauty_inputs, beauty_parser, emit  # noqa: E402
 from bench.retriever_train import KEYS  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
-from rqsid_jax.retrieval.data import train_examples  # noqa: E402
-from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
+from rqsid_jax.retrieval.input_pipeline import train_examples  # noqa: E402
+from rqsid_jax.retrieval.train import build_retriever, default_config, make_train_step, optimizer  # noqa: E402
 
 
 def _frames(hlo: str) -> dict[int, list[str]]:
@@ -111,7 +111,7 @@ def main():
         for inp in a.encoder_inputs.split(","):
             cfg = default_config()
             cfg.update(dtype=dt, encoder_input=inp, batch_size=a.batch)
-            r, params = build(cfg, sids)
+            r, params = build_retriever(cfg, sids)
             tx = optimizer(cfg)
             state = sharding.replicate({"params": params, "opt_state": tx.init(params),
                                         "step": jax.numpy.int32(0)}, mesh)

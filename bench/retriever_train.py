@@ -18,8 +18,8 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common import beauty_inputs, beauty_parser, emit, gemm_gflops, median  # noqa: E402
 from rqsid_jax import sharding  # noqa: E402
 from rqsid_jax.retrieval import precision  # noqa: E402
-from rqsid_jax.retrieval.data import train_examples  # noqa: E402
-from rqsid_jax.retrieval.train import build, default_config, make_train_step, optimizer  # noqa: E402
+from rqsid_jax.retrieval.input_pipeline import train_examples  # noqa: E402
+from rqsid_jax.retrieval.train import build_retriever, default_config, make_train_step, optimizer  # noqa: E402
 
 KEYS = ("encoder", "target", "weight")
 
@@ -53,7 +53,7 @@ def main():
         for inp in a.encoder_inputs.split(","):
             cfg = default_config()
             cfg.update(batch_size=a.batch, dropout=a.dropout, dtype=dt, encoder_input=inp)
-            r, params = build(cfg, sids)
+            r, params = build_retriever(cfg, sids)
             tx = optimizer(cfg)
             state = sharding.replicate({"params": params, "opt_state": tx.init(params),
                                         "step": jax.numpy.int32(0)}, mesh)

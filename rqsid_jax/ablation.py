@@ -21,7 +21,7 @@ from rqsid_jax import markdown
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import evaluate
-from rqsid_jax.retrieval.data import eval_examples, sample_rows
+from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
 from rqsid_jax.retrieval.train import train_retriever
 from rqsid_jax.sid.stage import load_sid_set
 

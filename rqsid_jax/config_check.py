@@ -103,7 +103,7 @@ def validate_config(config) -> None:
         dtype = _get(config, f"{section}.dtype")
         if dtype is not None:
             from rqsid_jax.retrieval import precision
-            try:  # the one dtype check, shared with the models' build()
+            try:  # the one dtype check, shared with the models' constructors
                 precision.resolve(dtype)
             except ValueError as e:
                 raise ConfigError(f"{section}.{e}") from None

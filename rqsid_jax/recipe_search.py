@@ -27,7 +27,7 @@ from rqsid_jax import markdown, pipeline
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError, RqsidError
 from rqsid_jax.retrieval import curves, evaluate
-from rqsid_jax.retrieval.data import eval_examples, sample_rows
+from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
 from rqsid_jax.retrieval.metrics import hit_ranks, recall_ndcg
 from rqsid_jax.retrieval.train import train_retriever
 

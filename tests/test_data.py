@@ -223,8 +223,8 @@ print(json.dumps(out))
     assert [tuple(x) for x in out["test"]] == expect
     assert len(out["validation"]) == 5
     # train: the retriever's training examples, one per (capped history, next item) pair
-    from rqsid_jax.retrieval.data import train_examples
-    from rqsid_jax.retrieval.tokens import SidVocab
+    from rqsid_jax.retrieval.input_pipeline import train_examples
+    from rqsid_jax.retrieval.sid_vocab import SidVocab
     ex = train_examples(sp, SidVocab.from_sids(np.zeros((ds.num_items, 3), np.int32) + np.arange(3), 16))
     want = sorted((sp.user_ids[u], h[h >= 0].tolist(), int(t)) for u, h, t in zip(ex.user, ex.history, ex.target))
     assert [tuple(x) for x in out["train"]] == want and len(want) > 5

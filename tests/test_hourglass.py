@@ -8,7 +8,7 @@ import pytest
 
 from rqsid_jax.sid import hourglass, mitigations
 from rqsid_jax.sid.assign import collision_free_codes, unique_sids
-from rqsid_jax.sid.report import write_report
+from rqsid_jax.sid.hourglass_report import write_report
 
 
 def test_entropy_gini_std_by_hand():

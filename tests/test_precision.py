@@ -9,9 +9,9 @@ from rqsid_jax import sharding
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import precision
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
-from rqsid_jax.retrieval.data import query_examples, train_examples
-from rqsid_jax.retrieval.tokens import PAD
-from rqsid_jax.retrieval.train import build, make_train_step, optimizer, train_retriever
+from rqsid_jax.retrieval.input_pipeline import query_examples, train_examples
+from rqsid_jax.retrieval.sid_vocab import PAD
+from rqsid_jax.retrieval.train import build_retriever, make_train_step, optimizer, train_retriever
 from rqsid_jax.sid.mitigations import top_k_removal
 from tests.test_retrieval import _brute_force, _catalogue, _split, tiny_cfg
 
@@ -62,9 +62,9 @@ def test_auto_precision_follows_the_hardware(tmp_path):
     assert precision.resolve("auto", "tpu") == "bfloat16" and precision.resolve("auto", "gpu") == "bfloat16"
     assert precision.resolve("float32", "tpu") == "float32" and precision.resolve("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ConfigError, match="retriever.dtype='float16'"):
-        build(tiny_cfg(dtype="float16"), _catalogue())
+        build_retriever(tiny_cfg(dtype="float16"), _catalogue())
     with pytest.raises(ConfigError, match="retriever.encoder_input='positions'"):
-        build(tiny_cfg(encoder_input="positions"), _catalogue())
+        build_retriever(tiny_cfg(encoder_input="positions"), _catalogue())
 
 
 def _batches(r, n=3):
@@ -73,7 +73,7 @@ def _batches(r, n=3):
 
 
 def _train(cfg, n_devices, steps=3):
-    r, params = build(cfg, _catalogue())
+    r, params = build_retriever(cfg, _catalogue())
     tx = optimizer(cfg)
     mesh = sharding.data_mesh(n_devices)
     st = sharding.replicate({"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}, mesh)
@@ -115,7 +115,7 @@ def test_one_vs_eight_devices_same_training(dtype, encoder_input):
     # gradient can move it the other way (seen at XLA level 0: one element 7e-4 apart). Compare
     # what training did instead: each tensor's update, and each optimizer moment, as a whole
     # (a device that saw other data would change a large part of them).
-    init = build(cfg, _catalogue())[1]
+    init = build_retriever(cfg, _catalogue())[1]
     for (path, a), b, p0 in zip(jax.tree_util.tree_leaves_with_path(one["params"]), jax.tree.leaves(eight["params"]),
                                 jax.tree.leaves(init)):
         ua, ub = np.asarray(a) - np.asarray(p0), np.asarray(b) - np.asarray(p0)
@@ -146,7 +146,7 @@ def test_item_input_layout_and_encoding(variable):
     sids = _catalogue()
     if variable:
         sids = top_k_removal(sids[:, :3], 4, 2).sids
-    r, params = build(tiny_cfg(encoder_input="items"), sids, seed=2)
+    r, params = build_retriever(tiny_cfg(encoder_input="items"), sids, seed=2)
     w = r.vocab.max_sid_tokens
     hist = [3, 7, 5]
     ex = query_examples([4], [hist], r.vocab, 12)
@@ -180,7 +180,7 @@ def test_bfloat16_beam_search_guarantee(encoder_input):
     model does up to ties within twice that tolerance: its top 10 are the top 10 by teacher
     forcing. (In float32 the order equals brute-force enumeration exactly: test_retrieval.)"""
     sids = _catalogue(n=30)
-    r, params = build(tiny_cfg(dtype="bfloat16", encoder_input=encoder_input), sids, seed=3)
+    r, params = build_retriever(tiny_cfg(dtype="bfloat16", encoder_input=encoder_input), sids, seed=3)
     ix = DeviceIndex.from_index(r.index)
     for item in (0, 4, 9):
         enc = _query(r, item)

@@ -7,7 +7,7 @@ import pytest
 
 from rqsid_jax import recipe_search
 from rqsid_jax.errors import ConfigError
-from rqsid_jax.retrieval import data as rdata
+from rqsid_jax.retrieval import input_pipeline as rdata
 from tests.fixtures import experiment_config
 
 

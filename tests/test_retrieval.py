@@ -12,11 +12,11 @@ from rqsid_jax.data.dataset import SequenceDataset, ItemTable
 from rqsid_jax.errors import DataError
 from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
-from rqsid_jax.retrieval.data import Collator, eval_examples, query_examples, train_examples
+from rqsid_jax.retrieval.input_pipeline import Collator, eval_examples, query_examples, train_examples
 from rqsid_jax.retrieval.metrics import recall_ndcg
 from rqsid_jax.retrieval.model import dropout
-from rqsid_jax.retrieval.tokens import BOS, EOS, PAD, PrefixIndex, SidVocab, item_tokens
-from rqsid_jax.retrieval.train import build, default_config, optimizer, train_retriever
+from rqsid_jax.retrieval.sid_vocab import BOS, EOS, PAD, PrefixIndex, SidVocab, item_tokens
+from rqsid_jax.retrieval.train import build_retriever, default_config, optimizer, train_retriever
 from rqsid_jax.sid.mitigations import top_k_removal
 
 
@@ -102,7 +102,7 @@ def test_constrained_beam_equals_brute_force_top_k(variable):
     sids = _catalogue()
     if variable:
         sids = top_k_removal(sids[:, :3], 4, 2).sids
-    r, params = build(tiny_cfg(), sids, seed=3)
+    r, params = build_retriever(tiny_cfg(), sids, seed=3)
     enc = _queries(r, len(sids), 2)
     ix = DeviceIndex.from_index(r.index)
     beam = len(sids)  # wide enough to be exhaustive at every depth
@@ -128,7 +128,7 @@ def test_narrow_beam_matches_numpy_reference_for_every_query(variable):
     sids = _catalogue(n=20, seed=1)
     if variable:
         sids = top_k_removal(sids[:, :3], 4, 2).sids
-    r, params = build(tiny_cfg(), sids, seed=5)
+    r, params = build_retriever(tiny_cfg(), sids, seed=5)
     enc = _queries(r, len(sids))
     ix = DeviceIndex.from_index(r.index)
     for beam in (3, 5):
@@ -143,7 +143,7 @@ def test_narrow_beam_matches_numpy_reference_for_every_query(variable):
 
 def test_given_layer1_probe_forces_the_first_token():
     sids = _catalogue(n=20, seed=1)
-    r, params = build(tiny_cfg(), sids, seed=5)
+    r, params = build_retriever(tiny_cfg(), sids, seed=5)
     enc = _queries(r, len(sids))
     ix = DeviceIndex.from_index(r.index)
     first_tokens = np.unique(r.item_tok[:, 0])
@@ -172,7 +172,7 @@ def test_given_layer1_probe_forces_the_first_token():
 
 def test_head_and_tail_partition_the_users():
     sids = _catalogue(n=20, seed=1)
-    r, params = build(tiny_cfg(), sids, seed=5)
+    r, params = build_retriever(tiny_cfg(), sids, seed=5)
     ex = eval_examples(_split(n_items=20), r.vocab, "test")
     layer2 = sids[:, 1]
     head = np.array([0, 2])
@@ -189,7 +189,7 @@ def test_head_and_tail_partition_the_users():
 
 def test_constrained_never_invalid_unconstrained_measured():
     sids = _catalogue(n=20)
-    r, params = build(tiny_cfg(), sids, seed=1)
+    r, params = build_retriever(tiny_cfg(), sids, seed=1)
     sp = _split(n_items=20)
     ex = eval_examples(sp, r.vocab, "test")
     items, tokens, _ = evaluate.generate(r, params, ex, beam=8, progress=False)
@@ -383,7 +383,7 @@ def test_bad_queries():
 def test_weight_decay_only_on_kernels():
     # With zero gradients AdamW's update is -lr * wd * param where decay applies, else exactly 0.
     cfg = tiny_cfg(weight_decay=0.5, warmup_steps=1)
-    _, params = build(cfg, _catalogue())
+    _, params = build_retriever(cfg, _catalogue())
     tx = optimizer(cfg)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex
+from rqsid_jax.retrieval.sid_vocab import BOS, PAD, PrefixIndex
 
 NEG_INF = -1e30
 

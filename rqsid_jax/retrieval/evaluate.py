@@ -9,9 +9,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
-from rqsid_jax.retrieval.data import Examples
+from rqsid_jax.retrieval.input_pipeline import Examples
 from rqsid_jax.retrieval.metrics import KS, recall_ndcg
-from rqsid_jax.retrieval.tokens import cut_at_eos
+from rqsid_jax.retrieval.sid_vocab import cut_at_eos
 
 
 def generate(r, params, ex: Examples, beam: int, constrained: bool = True, batch_size: int = 256,

@@ -11,9 +11,9 @@ from rqsid_jax import checkpointing
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import curves, evaluate, precision
-from rqsid_jax.retrieval.data import eval_examples
+from rqsid_jax.retrieval.input_pipeline import eval_examples
 from rqsid_jax.retrieval.metrics import KS, recall_ndcg
-from rqsid_jax.retrieval.train import build, train_retriever
+from rqsid_jax.retrieval.train import build_retriever, train_retriever
 from rqsid_jax.sid.stage import load_sid_set
 
 
@@ -50,7 +50,7 @@ def stage_evaluation(ctx) -> dict:
     """Test metrics of the best retriever checkpoint, head/tail, probes, predictions file."""
     c = ctx.config.evaluation
     rc = ctx.config.retriever
-    r, params = build(rc, load_sid_set(ctx), rc.seed)
+    r, params = build_retriever(rc, load_sid_set(ctx), rc.seed)
     params, step = checkpointing.restore(
         checkpointing.manager(os.path.join(ctx.checkpoints("retriever"), "best"), max_to_keep=1), params)
     if step is None:

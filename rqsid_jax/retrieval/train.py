@@ -20,10 +20,10 @@ from rqsid_jax import checkpointing, selection, sharding
 from rqsid_jax.data.dataset import Split
 from rqsid_jax.errors import ConfigError, TrainingError
 from rqsid_jax.retrieval import evaluate, precision
-from rqsid_jax.retrieval.data import (BUCKET_ITEMS, Collator, default_buckets, eval_examples, sample_rows,
+from rqsid_jax.retrieval.input_pipeline import (BUCKET_ITEMS, Collator, default_buckets, eval_examples, sample_rows,
                                       train_examples)
 from rqsid_jax.retrieval.model import ModelConfig, Seq2Seq
-from rqsid_jax.retrieval.tokens import BOS, PAD, PrefixIndex, SidVocab, item_tokens
+from rqsid_jax.retrieval.sid_vocab import BOS, PAD, PrefixIndex, SidVocab, item_tokens
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -121,7 +121,7 @@ def token_loss(logits, target, kind: str, gamma: float, smoothing: float = 0.0):
 
 
 @dataclasses.dataclass
-class Retriever:
+class RetrieverBundle:
     """Everything needed to decode: model structure, SID vocabulary and prefix index."""
 
     graphdef: nnx.GraphDef
@@ -138,7 +138,7 @@ class Retriever:
                         compact=self.encoder_input == "tokens")
 
 
-def build(cfg, sids: np.ndarray, seed: int = 0):
+def build_retriever(cfg, sids: np.ndarray, seed: int = 0):
     """The retriever bundle (structure, vocabulary, prefix index, buckets) and fresh float32
     parameters for the SID table `sids`, in the precision cfg.dtype resolves to here."""
     if cfg.encoder_input not in ("tokens", "items"):
@@ -158,10 +158,10 @@ def build(cfg, sids: np.ndarray, seed: int = 0):
                      dtype, cfg.encoder_input, width)
     model = Seq2Seq(mc, nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
-    return Retriever(graphdef, vocab, item_tok, index, buckets, cfg.encoder_input), params
+    return RetrieverBundle(graphdef, vocab, item_tok, index, buckets, cfg.encoder_input), params
 
 
-def make_train_step(r: Retriever, cfg, tx):
+def make_train_step(r: RetrieverBundle, cfg, tx):
     """A pure training step (state, batch, key) -> (state, loss); a non-finite loss keeps the state."""
     def loss_fn(params, batch, key):
         model = nnx.merge(r.graphdef, params)
@@ -184,7 +184,7 @@ def make_train_step(r: Retriever, cfg, tx):
     return step
 
 
-def make_eval_loss(r: Retriever, cfg):
+def make_eval_loss(r: RetrieverBundle, cfg):
     """Summed token cross-entropy and token count of a batch (bench/precision_parity.py)."""
     def f(params, batch):
         model = nnx.merge(r.graphdef, params)
@@ -200,11 +200,11 @@ def make_eval_loss(r: Retriever, cfg):
 def train_retriever(cfg, sids: np.ndarray, split: Split, ckpt_dir: Optional[str] = None, mesh=None,
                     log: Optional[Callable[[dict], None]] = None, progress: bool = True,
                     stop_after: Optional[int] = None):
-    """Trains on sliding windows of the training parts. Returns (Retriever, best params, history)."""
+    """Trains on sliding windows of the training parts. Returns (RetrieverBundle, best params, history)."""
     mesh = mesh or sharding.data_mesh()
     if cfg.batch_size % mesh.size:
         raise ConfigError(f"retriever.batch_size={cfg.batch_size} is not a multiple of the {mesh.size} devices")
-    r, params = build(cfg, sids, cfg.seed)
+    r, params = build_retriever(cfg, sids, cfg.seed)
     tx = optimizer(cfg)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
              "best": jnp.float32(-1.0), "bad_evals": jnp.int32(0)}

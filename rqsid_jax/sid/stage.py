@@ -13,7 +13,7 @@ from rqsid_jax.errors import ConfigError
 from rqsid_jax.quantization import tokenizer
 from rqsid_jax.quantization.kernels import residual_encode
 from rqsid_jax.sid.assign import collision_free_codes, save_sids, sid_report
-from rqsid_jax.sid.report import write_report
+from rqsid_jax.sid.hourglass_report import write_report
 
 
 def stage_sids(ctx) -> dict:

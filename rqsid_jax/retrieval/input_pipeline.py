@@ -14,7 +14,7 @@ import numpy as np
 
 from rqsid_jax.data.dataset import MAX_HISTORY, Split
 from rqsid_jax.errors import DataError
-from rqsid_jax.retrieval.tokens import PAD, SidVocab, item_lengths
+from rqsid_jax.retrieval.sid_vocab import PAD, SidVocab, item_lengths
 
 
 @dataclasses.dataclass
