@@ -52,7 +52,7 @@ class AmazonReviews(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, which):
         for u, user in enumerate(split.user_ids):
             if which == "train":
-                # The retriever's training examples (retrieval/data.train_examples, "prefixes"):
+                # The retriever's training examples (retrieval/input_pipeline.train_examples, "prefixes"):
                 # every item after the first of the training part, with the at most MAX_HISTORY
                 # items before it.
                 seq = split.train[u]
