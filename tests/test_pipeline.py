@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from rqsid_jax import pipeline
+from rqsid_jax import context, pipeline
 from rqsid_jax.data.tiny import ensure_tiny_dataset
 from rqsid_jax.errors import ConfigError
 from tests.fixtures import experiment_config
@@ -300,7 +300,7 @@ def test_user_interactions_and_embeddings_through_the_pipeline(tmp_path, monkeyp
     pipeline.run(c, str(tmp_path / "wd"), ("data", "embeddings"), progress=False)
     want = pipeline.Context(c, str(tmp_path / "wd")).dataset
     # later stages read the data stage's split and items, never the input files again
-    monkeypatch.setattr(pipeline, "load_dataset", lambda *a, **k: pytest.fail("input files re-read"))
+    monkeypatch.setattr(context, "load_dataset", lambda *a, **k: pytest.fail("input files re-read"))
     r = pipeline.run(c, str(tmp_path / "wd"), progress=False)
     assert r["data"]["items"] == 60 and r["data"]["users"] == 40
     np.testing.assert_array_equal(np.load(tmp_path / "wd" / "embeddings" / "embeddings.npy"), emb)
