@@ -58,7 +58,7 @@ class Context:
     def checkpoints(self, stage: str, *sub: str) -> str:
         """The stage's orbax checkpoints: one folder shared by every process (orbax writes them
         cooperatively, each process its own shards, process 0 the metadata)."""
-        return os.path.join(self.shared(stage), *sub, "checkpoints")
+        return os.path.join(self.shared(stage), *sub, wd.CHECKPOINTS)
 
     def _scratch(self) -> str:
         if self.scratch is None:

@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rqsid_jax import markdown, pipeline
+from rqsid_jax import workdir as wd
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError, RqsidError
 from rqsid_jax.retrieval import curves, evaluate
@@ -56,13 +57,13 @@ def prepare_sids(config, workdir: str, kind: str) -> tuple[np.ndarray, object]:
         src = os.path.join(workdir, other)
         if other.startswith("sids_") and src != d:
             for stage in UPSTREAM_OF_SIDS:
-                if os.path.exists(os.path.join(src, stage, "stage.json")) and not os.path.exists(
+                if os.path.exists(os.path.join(src, stage, wd.STAGE)) and not os.path.exists(
                         os.path.join(d, stage)):
                     shutil.copytree(os.path.join(src, stage), os.path.join(d, stage))
     cfg = sid_config(config, kind)
     pipeline.run(cfg, d, UPSTREAM_OF_SIDS + ("sids",), progress=False)
     ctx = pipeline.Context(cfg, d, progress=False)
-    return np.load(os.path.join(d, "sids", "sids.npy")), ctx.split
+    return np.load(os.path.join(d, "sids", wd.SIDS)), ctx.split
 
 
 def variant_config(config, name: str) -> ml_collections.ConfigDict:
@@ -82,8 +83,8 @@ def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dic
     os.makedirs(d, exist_ok=True)
     rc = variant_config(config, name)
     t0 = time.time()
-    r, params, _ = train_retriever(rc, sids, split, os.path.join(d, "checkpoints"),
-                                   log=lambda m: curves.append(os.path.join(d, "log.jsonl"), m), progress=False)
+    r, params, _ = train_retriever(rc, sids, split, os.path.join(d, wd.CHECKPOINTS),
+                                   log=lambda m: curves.append(os.path.join(d, wd.TRAIN_LOG), m), progress=False)
     train_s = time.time() - t0
     val = eval_examples(split, r.vocab, "validation", rc.max_history)
     val = val.subset(sample_rows(len(val), config.val_users, [config.val_seed, 99]))
@@ -92,7 +93,7 @@ def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dic
     ranks = hit_ranks(items, val.target)
     np.save(os.path.join(d, "ranks.npy"), ranks)
     np.save(os.path.join(d, "users.npy"), val.user)
-    train, _ = curves.read(os.path.join(d, "log.jsonl"))
+    train, _ = curves.read(os.path.join(d, wd.TRAIN_LOG))
     rec = {"variant": name, "description": config.variants[name].get("description", ""),
            "sids": config.variants[name].get("sids", "token"), "retriever": rc.to_dict(),
            "validation": recall_ndcg(items, val.target, (5, 10, 20)),

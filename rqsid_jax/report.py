@@ -1,10 +1,10 @@
 """`<workdir>/report.md`: every stage's tables in one page, with links to every figure."""
 from __future__ import annotations
 
-import json
 import os
 
 from rqsid_jax import markdown
+from rqsid_jax import workdir as wd
 from rqsid_jax.stages import STAGES  # the one stage list, in run order
 
 # Published test figures under the same protocol (TIGER's Table; shared/data/amazon2014/README.md):
@@ -18,11 +18,8 @@ RESULT_KS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@50", "ndcg@50
 
 
 def _load(workdir: str, stage: str):
-    path = os.path.join(workdir, stage, "metrics.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = os.path.join(workdir, stage, wd.METRICS)
+    return wd.read_json(path) if os.path.exists(path) else None
 
 
 def results_table(workdir: str, dataset: str = "") -> list[str]:
@@ -71,15 +68,13 @@ def _fmt(v):
 def write_workdir_report(workdir: str) -> str:
     """Writes <workdir>/report.md (only when its text changes); returns its path."""
     out = ["# rqsid_jax run report", "", f"Workdir: `{os.path.abspath(workdir)}`", ""]
-    cfg_path = os.path.join(workdir, "config.json")
-    dataset = json.load(open(cfg_path)).get("dataset", "") if os.path.exists(cfg_path) else ""
+    cfg_path = os.path.join(workdir, wd.CONFIG)
+    dataset = wd.read_json(cfg_path).get("dataset", "") if os.path.exists(cfg_path) else ""
     out += results_table(workdir, dataset)
     for stage in STAGES:
-        path = os.path.join(workdir, stage, "metrics.json")
-        if not os.path.exists(path):
+        m = _load(workdir, stage)
+        if m is None:
             continue
-        with open(path) as f:
-            m = json.load(f)
         out += [f"## {stage}", ""] + markdown.table(
             ["metric", "value"], ([k, _fmt(v)] for k, v in m.items() if not isinstance(v, (dict, list)) or
                                   (isinstance(v, list) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v))))
@@ -90,15 +85,14 @@ def write_workdir_report(workdir: str) -> str:
             for f in sorted(os.listdir(fig_dir)) if os.path.isdir(fig_dir) else []:
                 out.append(f"![{f}](hourglass/figures/{f})")
             out.append("")
-        if stage in ("retriever", "baseline") and os.path.exists(
-                os.path.join(workdir, stage, "figures", "learning_curve.png")):
-            out += [f"Validation curve: `{stage}/history.json`; every logged step: `{stage}/log.jsonl`.", "",
-                    f"![learning_curve.png]({stage}/figures/learning_curve.png)", ""]
+        if stage in ("retriever", "baseline") and os.path.exists(os.path.join(workdir, stage, wd.LEARNING_CURVE)):
+            out += [f"Validation curve: `{stage}/{wd.HISTORY}`; every logged step: `{stage}/{wd.TRAIN_LOG}`.", "",
+                    f"![learning_curve.png]({stage}/{wd.LEARNING_CURVE})", ""]
         table = os.path.join(workdir, stage, "table.md")
         if stage == "ablation" and os.path.exists(table):
             out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",
                     open(table).read(), "Per variant: `ablation/<variant>/metrics.json`, `predictions_test.npz`.", ""]
-    path = os.path.join(workdir, "report.md")
+    path = os.path.join(workdir, wd.REPORT)
     text = "\n".join(out) + "\n"
     if not os.path.exists(path) or open(path).read() != text:  # an up-to-date workdir is only read
         with open(path, "w") as f:

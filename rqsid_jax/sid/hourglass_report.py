@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rqsid_jax import workdir as wd
 from rqsid_jax import markdown
+from rqsid_jax import workdir as wd
 from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
 
@@ -61,7 +61,7 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
     np.save(os.path.join(out_dir, wd.HEAD_TOKENS), np.asarray(base["head_tail"]["head_tokens"], np.int32))
     for s in sets:
         np.save(wd.sid_set_path(out_dir, s.name), s.sids)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
+    with open(os.path.join(out_dir, wd.REPORT), "w") as f:
         f.write(render(metrics, title))
     return metrics
 
