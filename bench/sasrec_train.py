@@ -1,7 +1,7 @@
 """SASRec training-step time on Beauty's real training windows, per input length bucket, with
-the full-catalogue cross-entropy and (same batches, same run) the sampled-negative BCE, whose
-difference is what the catalogue softmax costs. One JSON line per (loss, bucket) and an epoch
-estimate from the bucket mix."""
+the full-catalogue cross-entropy and (same batches, same run) the sampled softmax over shared
+negatives and the one-negative BCE, whose differences are what the catalogue softmax costs.
+One JSON line per (loss, bucket) and an epoch estimate from the bucket mix."""
 import argparse
 import os
 import sys
@@ -22,7 +22,8 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--losses", default="ce,bce")
+    ap.add_argument("--losses", default="ce,sampled_ce,bce")
+    ap.add_argument("--negatives", type=int, default=2048, help="sampled_ce's shared negatives")
     a = ap.parse_args()
     ds = load_dataset("beauty", a.data_dir)
     sp = ds.split()
@@ -42,7 +43,7 @@ def main():
 
         def step(st, batch, key, kind=kind, g=g, tx=tx):
             loss, grads = jax.value_and_grad(
-                lambda p: sasrec.loss_fn(g, p, batch, key, kind, ds.num_items))(st[0])
+                lambda p: sasrec.loss_fn(g, p, batch, key, kind, ds.num_items, a.negatives))(st[0])
             upd, opt = tx.update(grads, st[1], st[0])
             return (optax.apply_updates(st[0], upd), opt), loss
 

@@ -12,6 +12,7 @@ import ml_collections
 
 from rqsid_jax.data.dataset import MAX_HISTORY
 from rqsid_jax.errors import ConfigError
+from rqsid_jax.stages import STAGES
 
 
 def load_config_file(path: str, lock: bool = True) -> ml_collections.ConfigDict:
@@ -38,13 +39,13 @@ POSITIVE = {
                   "mlp_dim", "encoder_layers", "decoder_layers", "max_history", "eval_beam", "num_user_tokens"),
     "evaluation": ("beam", "batch_size"),
     "baseline": ("d_model", "num_heads", "head_dim", "mlp_dim", "layers", "max_len", "batch_size", "num_epochs",
-                 "eval_every_epochs", "log_every"),
+                 "eval_every_epochs", "log_every", "negatives"),
 }
 NON_NEGATIVE = {
     "rqvae": ("revive_every", "kmeans_iters"),
     "retriever": ("warmup_steps", "eval_every", "eval_users", "patience"),
     "evaluation": ("given_layer1_users", "invalid_users"),
-    "baseline": ("patience",),
+    "baseline": ("patience", "warmup_steps"),
 }
 CHOICES = {
     "tokenizer": ("rqvae", "rqkmeans"),
@@ -54,7 +55,8 @@ CHOICES = {
     "retriever.encoder_input": ("tokens", "items"),
     "retriever.lr_schedule": ("inverse_sqrt", "cosine"),
     "retriever.augment": ("prefixes", "subsequences"),
-    "baseline.loss": ("ce", "bce"),
+    "baseline.loss": ("ce", "sampled_ce", "bce"),
+    "baseline.lr_schedule": ("constant", "cosine"),
 }
 FRACTIONS = ("retriever.label_smoothing", "retriever.final_lr_fraction", "baseline.dropout")  # in [0, 1)
 
@@ -70,6 +72,13 @@ def _get(config, dotted: str):
 
 def validate_config(config) -> None:
     """Raises ConfigError naming the first invalid field."""
+    stages = _get(config, "stages")
+    if stages is not None:
+        # --config.stages=a,b parses as the one name 'a,b': without this check nothing ran
+        unknown = [x for x in ([stages] if isinstance(stages, str) else stages) if x not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages={stages!r}: unknown {unknown}; stages are {list(STAGES)} "
+                              f"(a subset: --stages=data,baseline or --config.stages=\"('data','baseline')\")")
     for section, fields in POSITIVE.items():
         for f in fields:
             v = _get(config, f"{section}.{f}")

@@ -180,7 +180,8 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
                          ("retriever.dtype", "fp8"), ("evaluation.beam", 0), ("rqvae.optimizer", "sgd"),
                          ("retriever.lr_schedule", "linear"), ("retriever.augment", "windows"),
                          ("retriever.label_smoothing", 1.0), ("retriever.final_lr_fraction", -0.1),
-                         ("retriever.max_history", 30), ("baseline.loss", "bpr"), ("baseline.num_epochs", 0)]:
+                         ("retriever.max_history", 30), ("baseline.loss", "bpr"), ("baseline.num_epochs", 0),
+                         ("baseline.lr_schedule", "step"), ("stages", ("data,baseline",))]:
         bad = copy.deepcopy(c)
         *parents, leaf = field.split(".")
         node = bad

@@ -85,7 +85,7 @@ def test_training_windows_cover_every_target_once():
 
 def test_training_learns_resumes_bit_exact_and_repeats(tmp_path):
     sp = _split()
-    cfg = _cfg()
+    cfg = _cfg(lr_schedule="cosine", warmup_steps=4)  # the schedule's step count is resumed too
     g, best, hist = sasrec.train(cfg, sp, N_ITEMS, str(tmp_path / "a"))
     assert hist[-1]["val_recall@10"] > 0.5  # the stride pattern is learned (random: 10/30)
     m, pred = sasrec.evaluate(g, best, sp, "test", cfg.max_len)
@@ -109,3 +109,25 @@ def test_bce_loss_and_config_errors():
         sasrec.train(_cfg(loss="hinge"), sp, N_ITEMS)
     with pytest.raises(ConfigError, match="baseline.batch_size=12"):
         sasrec.train(_cfg(batch_size=12), sp, N_ITEMS)
+
+
+def test_sampled_softmax_estimates_the_catalogue_softmax():
+    """exp(sampled CE) is an unbiased estimate of exp(full CE): the target's score plus every
+    other item's, each sampled score weighted by num_items / negatives (a sampled target dropped)."""
+    g, p = sasrec.build(_cfg(dropout=0.0), N_ITEMS)
+    p = jax.tree.map(lambda x: x * 3, p)  # scores a few units apart, so a wrong weighting shows
+    batch = {"inputs": jnp.array([[0, 0, 3, 7, 9, 4]]), "targets": jnp.array([[0, 0, 0, 0, 0, 2]])}
+    full = float(sasrec.loss_fn(g, p, batch, jax.random.key(0), "ce", N_ITEMS))
+    sampled = jax.vmap(lambda k: sasrec.loss_fn(g, p, batch, k, "sampled_ce", N_ITEMS, 8))(
+        jax.random.split(jax.random.key(1), 20000))
+    est = float(jnp.log(jnp.mean(jnp.exp(sampled))))
+    assert abs(est - full) < 0.03, (est, full)
+    assert float(jnp.std(sampled)) > 0.05  # the check is not vacuous: samples differ
+
+
+def test_learning_rate_schedules():
+    assert sasrec.schedule(_cfg(lr_schedule="constant", learning_rate=1e-3), 100) == 1e-3
+    cos = sasrec.schedule(_cfg(lr_schedule="cosine", learning_rate=1e-3, warmup_steps=10), 100)
+    np.testing.assert_allclose([float(cos(s)) for s in (0, 5, 10, 55, 100)], [0, 5e-4, 1e-3, 5e-4, 0], atol=1e-9)
+    with pytest.raises(ConfigError, match="baseline.lr_schedule='step'"):
+        sasrec.schedule(_cfg(lr_schedule="step"), 100)
