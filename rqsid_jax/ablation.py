@@ -22,6 +22,7 @@ from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
+from rqsid_jax.retrieval.metrics import bootstrap_interval, hit_ranks, mean_se, per_user
 from rqsid_jax.retrieval.train import train_retriever
 from rqsid_jax.sid.stage import load_sid_set
 
@@ -93,17 +94,27 @@ def stage_ablation(ctx) -> dict:
         raise ConfigError(f"ablation.beam={ab.beam} is smaller than the largest K in ablation.ks={list(ab.ks)}")
     configs = {v: variant_retriever_config(ctx.config.retriever, ab, v, top_ks) for v in ab.variants}
     test_rows = sample_rows(ctx.split.num_users, ab.test_users, [ctx.config.seed, 7])
-    rows = []
+    rows, ranks, target = [], {}, None
     for v, rc in configs.items():
-        path = os.path.join(ctx.shared("ablation"), wd.file_name(v), wd.METRICS)  # the same on every process
-        if os.path.exists(path):
+        folder = os.path.join(ctx.shared("ablation"), wd.file_name(v))  # the same on every process
+        if os.path.exists(os.path.join(folder, wd.METRICS)):
             logging.info("ablation %s: done, skipped", v)
-            with open(path) as f:
+            with open(os.path.join(folder, wd.METRICS)) as f:
                 rows.append(json.load(f))
-            continue
-        logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
-        rows.append(run_variant(ctx, v, rc, load_sid_set(ctx, rc.sids), test_rows, ks))
+        else:
+            logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
+            rows.append(run_variant(ctx, v, rc, load_sid_set(ctx, rc.sids), test_rows, ks))
+            folder = os.path.join(ctx.dir("ablation"), wd.file_name(v))  # this process's copy
+        pred = np.load(os.path.join(folder, wd.PREDICTIONS))
+        if not np.array_equal(pred["test_rows"], test_rows):
+            raise ConfigError(f"ablation {v}: evaluated other test users than this config's; remove "
+                              f"{os.path.join(ctx.shared('ablation'), wd.file_name(v))} to redo it")
+        ranks[v], target = hit_ranks(pred["top_rows"], pred["target_row"]), pred["target_row"]
     table = table_markdown(rows, tuple(ab.ks))
+    if "baseline" in ranks and len(ranks) > 1:
+        # tail items as in the tables above: the target's baseline layer-2 token is not a head token
+        tail = ~np.isin(wd.load_codes(ctx.dir("sids"))[target, 1], wd.load_head_tokens(ctx.dir("hourglass")))
+        table += "\n" + paired_markdown(ranks, "baseline", tail)
     with open(os.path.join(ctx.dir("ablation"), "table.md"), "w") as f:
         f.write(table)
     return {"test_users": int(test_rows.size), "ks": list(ab.ks),
@@ -129,3 +140,28 @@ def table_markdown(rows: list[dict], ks) -> str:
     out += markdown.table(["variant", "SIDs", "loss", "steps", "train min", "Recall@10", "head R@10", "tail R@10"],
                           body)
     return "\n".join(out) + "\n"
+
+
+PAIRED_METRICS = ("recall@10", "ndcg@10", "recall@50")
+
+
+def paired_markdown(ranks: dict, reference: str, tail: np.ndarray, resamples: int = 2000) -> str:
+    """Each variant minus `reference` on the same test users: the mean per-user difference, its
+    paired SE and a 95% paired bootstrap interval, for PAIRED_METRICS and tail-item Recall@10
+    (targets whose layer-2 token is a tail token). An interval that holds 0 is not a result."""
+    out = [f"Paired differences from `{reference}` (same {ranks[reference].size} test users): mean ± paired "
+           f"SE [95% bootstrap interval, {resamples} resamples of users].", ""]
+    body = []
+    for v, r in ranks.items():
+        if v == reference:
+            continue
+        cells = [v]
+        for m, mask in [(m, slice(None)) for m in PAIRED_METRICS] + [("recall@10", tail)]:
+            diff = (per_user(r, m) - per_user(ranks[reference], m))[mask]
+            mu, se = mean_se(diff)
+            lo, hi = bootstrap_interval(diff, resamples)
+            cells.append(f"{mu:+.4f} ± {se:.4f} [{lo:+.4f}, {hi:+.4f}]")
+        body.append(cells)
+    header = ["variant"] + [f"Δ {m.replace('recall', 'R').replace('ndcg', 'N')}" for m in PAIRED_METRICS] + [
+        "Δ tail R@10"]
+    return "\n".join(out + markdown.table(header, body)) + "\n"

@@ -29,7 +29,7 @@ from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError, RqsidError
 from rqsid_jax.retrieval import curves, evaluate
 from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
-from rqsid_jax.retrieval.metrics import hit_ranks, recall_ndcg
+from rqsid_jax.retrieval.metrics import hit_ranks, mean_se, per_user, recall_ndcg
 from rqsid_jax.retrieval.train import train_retriever
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config (configs/recipe_*.py).", lock_config=True)
@@ -103,20 +103,6 @@ def run_variant(config, workdir: str, name: str, sids: np.ndarray, split) -> dic
     with open(os.path.join(d, "result.json"), "w") as f:
         json.dump(rec, f, indent=1)
     return rec
-
-
-def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-user Recall@K (0/1) or NDCG@K from hit ranks."""
-    kind, k = metric.split("@")
-    hit = (ranks >= 0) & (ranks < int(k))
-    if kind == "recall":
-        return hit.astype(float)
-    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
-
-
-def mean_se(x: np.ndarray) -> tuple[float, float]:
-    """Mean and its standard error."""
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
 
 
 def table(config, workdir: str) -> str:

@@ -131,6 +131,15 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
             hits = (pred["top_rows"][:, :k] == pred["target_row"][:, None]).any(1).mean()
             assert abs(hits - m["all"][f"recall@{k}"]) < 1e-9
     assert "Table 2" in open(wd / "report.md").read()
+    # the paired section: each variant minus the baseline on the same users, inside its interval
+    v = ab["variants"]
+    for name in ("mile", "top@2"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |") and "[" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for cell, part in ((cells[1], "all"), (cells[4], "tail")):
+            d = v[name][part]["recall@10"] - v["baseline"][part]["recall@10"]
+            lo, hi = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
+            assert cell.startswith(f"{d:+.4f} ±") and lo <= d + 1e-12 and d - 1e-12 <= hi, (name, part, cell)
     # A run killed during the last variant: finished variants are kept, the last is redone
     # from its checkpoints and gives the same numbers.
     done = wd / "ablation" / "baseline" / "metrics.json"

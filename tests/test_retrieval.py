@@ -13,7 +13,7 @@ from rqsid_jax.errors import DataError
 from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.beam import DeviceIndex, run_beam
 from rqsid_jax.retrieval.input_pipeline import Collator, eval_examples, query_examples, train_examples
-from rqsid_jax.retrieval.metrics import recall_ndcg
+from rqsid_jax.retrieval.metrics import bootstrap_interval, hit_ranks, mean_se, per_user, recall_ndcg
 from rqsid_jax.retrieval.model import dropout
 from rqsid_jax.retrieval.sid_vocab import BOS, EOS, PAD, PrefixIndex, SidVocab, item_tokens
 from rqsid_jax.retrieval.train import build_retriever, default_config, optimizer, train_retriever
@@ -253,6 +253,21 @@ def test_metrics_by_hand():
     assert m["ndcg@1"] == pytest.approx(1 / 3)
     assert m["ndcg@3"] == pytest.approx((1 / np.log2(3) + 1) / 3)
     assert recall_ndcg(preds, tgt, ks=(3,), mask=np.array([True, False, False]))["recall@3"] == 1.0
+    ranks = hit_ranks(preds, tgt)  # per-user values average to the aggregate metrics
+    for metric in ("recall@2", "ndcg@3"):
+        assert per_user(ranks, metric).mean() == pytest.approx(m[metric])
+
+
+def test_paired_standard_error_and_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    a = (rng.random(4000) < 0.10).astype(float)
+    b = np.where(rng.random(4000) < 0.5, a, (rng.random(4000) < 0.12).astype(float))  # correlated with a
+    mu, se = mean_se(b - a)
+    lo, hi = bootstrap_interval(b - a, resamples=2000)
+    # the percentile interval of a mean of 4,000 users is close to mean +- 1.96 SE
+    assert lo < mu < hi and abs((hi - lo) / (2 * 1.96 * se) - 1) < 0.1
+    assert bootstrap_interval(np.full(50, 0.25)) == (0.25, 0.25)
+    assert bootstrap_interval(b - a, seed=3) == bootstrap_interval(b - a, seed=3)
 
 
 def test_prefix_index_scales_without_dense_tables():

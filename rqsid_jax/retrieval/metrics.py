@@ -29,3 +29,28 @@ def recall_ndcg(predictions: np.ndarray, targets: np.ndarray, ks: Sequence[int] 
         gain = 1.0 / np.log2(np.maximum(r, 0) + 2.0)
         out[f"ndcg@{k}"] = float(np.where(hit, gain, 0.0).mean()) if r.size else 0.0
     return out
+
+
+def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user Recall@K (0/1) or NDCG@K ('recall@10', 'ndcg@10') from hit ranks."""
+    kind, k = metric.split("@")
+    hit = (ranks >= 0) & (ranks < int(k))
+    if kind == "recall":
+        return hit.astype(float)
+    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error."""
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
+
+
+def bootstrap_interval(x: np.ndarray, resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of x over users (for a paired difference, x is
+    the per-user difference: the same users resampled for both sides)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(resamples)])
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
