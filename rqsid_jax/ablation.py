@@ -1,9 +1,10 @@
 """The hourglass paper's Table 2 on this data: one retriever per variant, same budget, same
 test users, Recall/NDCG@K side by side.
 
-A variant is a loss on the baseline SIDs ('baseline' = cross-entropy, 'focal', 'mile') or a
+A variant is a loss on the baseline SIDs ('baseline' = cross-entropy, 'focal', 'mile'), a
 mitigated SID set from the hourglass stage trained with cross-entropy ('remove_layer2',
-'swap12', 'top@K'). Each variant lives in `<workdir>/ablation/<variant>/` (checkpoints,
+'swap12', 'top@K'), or TIGER's collision-token SIDs ('collision_token', against collision-free
+baseline SIDs). Each variant lives in `<workdir>/ablation/<variant>/` (checkpoints,
 `metrics.json`, `predictions_test.npz`); a variant whose metrics.json exists is done, so a
 killed run resumes at the variant (and training step) it stopped at.
 """
@@ -48,12 +49,12 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
     if variant in LOSS_VARIANTS:
         c.sids, c.loss = "baseline", LOSS_VARIANTS[variant]
         c.gamma = {"focal": ab.focal_gamma, "mile": ab.mile_gamma}.get(variant, c.gamma)
-    elif variant in ("remove_layer2", "swap12") or (
+    elif variant in ("remove_layer2", "swap12", "collision_token") or (
             variant.startswith("top@") and variant[4:].isdigit() and int(variant[4:]) in top_ks):
         c.sids, c.loss = variant, "ce"
     else:
         raise ConfigError(f"ablation.variants: '{variant}' is not one of {sorted(LOSS_VARIANTS)}, remove_layer2, "
-                          f"swap12 or top@K with K in hourglass.top_ks={list(top_ks)}")
+                          f"swap12, collision_token or top@K with K in hourglass.top_ks={list(top_ks)}")
     return c
 
 

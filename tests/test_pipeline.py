@@ -119,9 +119,19 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES + ("ablation",)
     c.retriever.update(num_steps=20, eval_every=0, checkpoint_every=10)
+    c.ablation.variants += ("collision_token",)
     wd = tmp_path / "wd"
     ab = pipeline.run(c, str(wd), progress=False)["ablation"]
-    assert list(ab["variants"]) == ["baseline", "mile", "top@2"]
+    assert list(ab["variants"]) == ["baseline", "mile", "top@2", "collision_token"]
+    # TIGER's SIDs beside the collision-free baseline: the tokenizer's codes before reassignment,
+    # plus the collision token
+    from rqsid_jax.sid.stage import load_sid_set
+    token_sids = load_sid_set(pipeline.Context(c, str(wd), progress=False), "collision_token")
+    baseline_sids = np.load(wd / "sids" / "sids.npy")
+    assert baseline_sids.shape[1] == 3 and token_sids.shape == (len(baseline_sids), 4)
+    assert np.unique(token_sids, axis=0).shape[0] == len(token_sids)
+    moved = (token_sids[:, :3] != baseline_sids).any(1)
+    assert moved.sum() == json.load(open(wd / "sids" / "metrics.json"))["reassigned_items"] > 0
     assert ab["variants"]["mile"]["loss"] == "mile" and ab["variants"]["top@2"]["sids"] == "top@2"
     table = open(wd / "ablation" / "table.md").read()
     for v, m in ab["variants"].items():
@@ -133,7 +143,7 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert "Table 2" in open(wd / "report.md").read()
     # the paired section: each variant minus the baseline on the same users, inside its interval
     v = ab["variants"]
-    for name in ("mile", "top@2"):
+    for name in ("mile", "top@2", "collision_token"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |") and "[" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
         for cell, part in ((cells[1], "all"), (cells[4], "tail")):
@@ -145,10 +155,10 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     done = wd / "ablation" / "baseline" / "metrics.json"
     mtime = os.path.getmtime(done)
     os.remove(wd / "ablation" / "stage.json")
-    os.remove(wd / "ablation" / "top_at_2" / "metrics.json")
+    os.remove(wd / "ablation" / "collision_token" / "metrics.json")
     again = pipeline.run(c, str(wd), progress=False)["ablation"]
     assert os.path.getmtime(done) == mtime
-    assert again["variants"]["top@2"]["all"] == ab["variants"]["top@2"]["all"]
+    assert again["variants"]["collision_token"]["all"] == ab["variants"]["collision_token"]["all"]
 
 
 def test_ablation_rejects_unknown_variants():

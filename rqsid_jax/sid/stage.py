@@ -12,17 +12,22 @@ from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.quantization import tokenizer
 from rqsid_jax.quantization.kernels import residual_encode
-from rqsid_jax.sid.assign import collision_free_codes, save_sids, sid_report
+from rqsid_jax.sid.assign import collision_free_codes, save_sids, sid_report, with_collision_token
 from rqsid_jax.sid.hourglass_report import write_report
+
+
+def tokenizer_codes(ctx):
+    """(encoder, every item's codes [N, L] as the tokenizer stage's quantizer gives them)."""
+    emb = wd.load_embeddings(ctx.dir("embeddings"))
+    enc = tokenizer.load_encoder(ctx, emb)
+    x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
+    return enc, sharding.to_host(enc.codes(sharding.shard_batch(x, ctx.mesh)))[:n], emb
 
 
 def stage_sids(ctx) -> dict:
     """Encodes every item to codes, then SIDs (collision token or collision-free last level)."""
     mode = ctx.config.get("sid_collisions", "token")
-    emb = wd.load_embeddings(ctx.dir("embeddings"))
-    enc = tokenizer.load_encoder(ctx, emb)
-    x, n = sharding.pad_to_multiple(emb, ctx.mesh.size)
-    codes = sharding.to_host(enc.codes(sharding.shard_batch(x, ctx.mesh)))[:n]
+    enc, codes, emb = tokenizer_codes(ctx)
     books, z = enc.latents(emb)
     _, residuals, q = residual_encode(books, z)
     z, q, books, residuals = (np.asarray(a) for a in (z, q, books, residuals))
@@ -59,11 +64,15 @@ def stage_hourglass(ctx) -> dict:
 
 
 def load_sid_set(ctx, name: Optional[str] = None) -> np.ndarray:
-    """A retriever's SID set (default: retriever.sids): 'baseline' (the sids stage's) or a
-    mitigation saved by the hourglass stage."""
+    """A retriever's SID set (default: retriever.sids): 'baseline' (the sids stage's),
+    'collision_token' (TIGER's L+1 tokens on the tokenizer's own codes, whatever
+    sid_collisions is: the ablation's counterpart of collision-free SIDs) or a mitigation saved
+    by the hourglass stage."""
     name = name or ctx.config.retriever.sids
     if name == "baseline":
         return np.load(os.path.join(ctx.dir("sids"), wd.SIDS))
+    if name == "collision_token":  # encoded again (seconds): the sids stage keeps reassigned codes only
+        return with_collision_token(tokenizer_codes(ctx)[1])
     path = wd.sid_set_path(ctx.dir("hourglass"), name)
     if not os.path.exists(path):
         raise ConfigError(f"retriever.sids='{name}': no {path}; add it to hourglass.top_ks or pick another set")
