@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
         n=20000, dim=32, levels=3, codebook_size=64, clusters=500, zipf_a=1.2, seed=0, iters=20))
 
     c.retriever = retriever_config()
-    c.retriever.sids = "baseline"  # or a mitigation: remove_layer2 | swap12 | top@K (K in hourglass.top_ks)
+    c.retriever.sids = "baseline"  # or remove_layer2 | swap12 | top@K (K in hourglass.top_ks) | collision_token
     # The recipe the validation search chose (configs/recipe_beauty.py, README): item-level encoder
     # input (one position per item, ~3x faster than one per token), cosine decay, every contiguous
     # window of a history as a training example (GRID), collision-free 3-token SIDs.
