@@ -16,6 +16,7 @@ import pytest
 from rqsid_jax import context, pipeline
 from rqsid_jax.data.tiny import ensure_tiny_dataset
 from rqsid_jax.errors import ConfigError
+from rqsid_jax.sid.stage import load_sid_set
 from tests.fixtures import experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +126,6 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert list(ab["variants"]) == ["baseline", "mile", "top@2", "collision_token"]
     # TIGER's SIDs beside the collision-free baseline: the tokenizer's codes before reassignment,
     # plus the collision token
-    from rqsid_jax.sid.stage import load_sid_set
     token_sids = load_sid_set(pipeline.Context(c, str(wd), progress=False), "collision_token")
     baseline_sids = np.load(wd / "sids" / "sids.npy")
     assert baseline_sids.shape[1] == 3 and token_sids.shape == (len(baseline_sids), 4)
