@@ -18,9 +18,10 @@ import time
 import ml_collections
 import numpy as np
 
-from rqsid_jax import markdown
+from rqsid_jax import claims, markdown
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
+from rqsid_jax.quantization import tokenizer
 from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
 from rqsid_jax.retrieval.metrics import bootstrap_interval, hit_ranks, mean_se, per_user
@@ -112,16 +113,20 @@ def stage_ablation(ctx) -> dict:
                               f"{os.path.join(ctx.shared('ablation'), wd.file_name(v))} to redo it")
         ranks[v], target = hit_ranks(pred["top_rows"], pred["target_row"]), pred["target_row"]
     table = table_markdown(rows, tuple(ab.ks))
+    codes = wd.load_codes(ctx.dir("sids"))
+    # tail items as in the tables above: the target's baseline layer-2 token is not a head token
+    tail = ~np.isin(codes[target, 1], wd.load_head_tokens(ctx.dir("hourglass")))
     if "baseline" in ranks and len(ranks) > 1:
-        # tail items as in the tables above: the target's baseline layer-2 token is not a head token
-        tail = ~np.isin(wd.load_codes(ctx.dir("sids"))[target, 1], wd.load_head_tokens(ctx.dir("hourglass")))
         table += "\n" + paired_markdown(ranks, "baseline", tail)
+    verdicts = claims.evaluate_claims(codes, tokenizer.codebook_size(ctx.config), ranks, tail)
+    table += "\n" + claims.claims_markdown(verdicts)
     with open(os.path.join(ctx.dir("ablation"), "table.md"), "w") as f:
         f.write(table)
     return {"test_users": int(test_rows.size), "ks": list(ab.ks),
             "variants": {r["variant"]: {k: r[k] for k in ("sids", "loss", "gamma", "steps", "train_seconds",
                                                           "final_train_loss", "all", "head", "tail")}
-                         for r in rows}}
+                         for r in rows},
+            "claims": verdicts}
 
 
 def table_markdown(rows: list[dict], ks) -> str:

@@ -120,10 +120,11 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES + ("ablation",)
     c.retriever.update(num_steps=20, eval_every=0, checkpoint_every=10)
-    c.ablation.variants += ("collision_token",)
+    # a loss variant's plumbing is test_ablation_rejects_unknown_variants' (one retriever fewer here)
+    c.ablation.variants = ("baseline", "top@2", "collision_token")
     wd = tmp_path / "wd"
     ab = pipeline.run(c, str(wd), progress=False)["ablation"]
-    assert list(ab["variants"]) == ["baseline", "mile", "top@2", "collision_token"]
+    assert list(ab["variants"]) == ["baseline", "top@2", "collision_token"]
     # TIGER's SIDs beside the collision-free baseline: the tokenizer's codes before reassignment,
     # plus the collision token
     token_sids = load_sid_set(pipeline.Context(c, str(wd), progress=False), "collision_token")
@@ -132,7 +133,7 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert np.unique(token_sids, axis=0).shape[0] == len(token_sids)
     moved = (token_sids[:, :3] != baseline_sids).any(1)
     assert moved.sum() == json.load(open(wd / "sids" / "metrics.json"))["reassigned_items"] > 0
-    assert ab["variants"]["mile"]["loss"] == "mile" and ab["variants"]["top@2"]["sids"] == "top@2"
+    assert ab["variants"]["top@2"]["sids"] == "top@2" and ab["variants"]["top@2"]["loss"] == "ce"
     table = open(wd / "ablation" / "table.md").read()
     for v, m in ab["variants"].items():
         assert f"| {v} |" in table
@@ -143,13 +144,19 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert "Table 2" in open(wd / "report.md").read()
     # the paired section: each variant minus the baseline on the same users, inside its interval
     v = ab["variants"]
-    for name in ("mile", "top@2", "collision_token"):
+    for name in ("top@2", "collision_token"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |") and "[" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
         for cell, part in ((cells[1], "all"), (cells[4], "tail")):
             d = v[name][part]["recall@10"] - v["baseline"][part]["recall@10"]
             lo, hi = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
             assert cell.startswith(f"{d:+.4f} ±") and lo <= d + 1e-12 and d - 1e-12 <= hi, (name, part, cell)
+    # one sentence per claim of the paper; the mitigation claim is the paired R@10 difference above
+    cl = ab["claims"]
+    assert [c["claim"] for c in cl] == ["concentration", "tail", "mitigation"] and cl[2]["variant"] == "top@2"
+    assert cl[2]["value"] == pytest.approx(v["top@2"]["all"]["recall@10"] - v["baseline"]["all"]["recall@10"])
+    claim_lines = [line for line in table.splitlines() if line.startswith("- ")]
+    assert len(claim_lines) == 3 and all(f"**{c['verdict']}**" in l for c, l in zip(cl, claim_lines))
     # A run killed during the last variant: finished variants are kept, the last is redone
     # from its checkpoints and gives the same numbers.
     done = wd / "ablation" / "baseline" / "metrics.json"
@@ -170,6 +177,8 @@ def test_ablation_rejects_unknown_variants():
             variant_retriever_config(c.retriever, c.ablation, bad, tuple(c.hourglass.top_ks))
     rc = variant_retriever_config(c.retriever, c.ablation, "focal", (2, 4))
     assert (rc.sids, rc.loss, rc.gamma) == ("baseline", "focal", c.ablation.focal_gamma)
+    rc = variant_retriever_config(c.retriever, c.ablation, "mile", (2, 4))
+    assert (rc.sids, rc.loss, rc.gamma) == ("baseline", "mile", c.ablation.mile_gamma)
 
 
 def test_config_change_reruns_only_affected_stages(tmp_path):
