@@ -1,21 +1,34 @@
-"""Beauty counterpart of the hourglass paper's Table 2: the retriever trained once per variant
-(cross-entropy, focal, MiLe on the baseline SIDs; layer 2 removed; top@K removal) with one
-budget, evaluated on the same test users.
+"""Beauty counterpart of the hourglass paper's Table 2 (RQ-VAE SIDs): the retriever trained once
+per variant with one budget, evaluated on the same test users, and the paper's claims decided
+from the results (ablation/table.md).
 
-Upstream stages are configured exactly as in beauty.py, so a workdir that already holds
-beauty.py's data..hourglass stages reuses them. The budget is sized for this project's 2-core
-CPU (~1 epoch per variant, ~15 min each); on an accelerator raise retriever.num_steps.
+Variants: cross-entropy on the collision-free SIDs (baseline), focal and MiLe losses, layer 2
+removed, layer 2's top@K tokens removed, layers 1 and 2 swapped, and TIGER's collision token.
+The paper's top@K (K = 20, 200, 400, 600 of M = 4096 codes) scaled to this run's 256 codes is
+K = 1, 13, 25, 38 (the same shares of layer 2's codebook).
+
+Budget: beauty.py's recipe and its 3,400 steps (cosine to 0 within them, ~1 h per variant on
+this project's 2-core CPU), each variant scored at its last step (no model selection). The
+issue asks for a baseline within 10% of its converged validation Recall@10; beauty_long.py's
+curve tells whether 3,400 steps are enough (raise retriever.num_steps if not; on an accelerator
+use beauty_long.py's budget). Upstream stages are beauty.py's apart from hourglass.top_ks, so a
+workdir holding beauty.py's data..sids stages reuses them.
 """
 import os
 
 from rqsid_jax.config_check import load_config_file
 
+# round(K * 256 / 4096) for the paper's K = 20, 200, 400, 600 (round half up)
+PAPER_TOP_KS = (1, 13, 25, 38)
+
 
 def get_config():
     c = load_config_file(os.path.join(os.path.dirname(__file__), "beauty.py"), lock=False)
     c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "ablation")
+    c.hourglass.top_ks = PAPER_TOP_KS
     # Equal budgets, no model selection: every variant is scored at its last step.
-    c.retriever.update(num_steps=500, eval_every=0, checkpoint_every=100, warmup_steps=150)
-    c.ablation.variants = ("baseline", "focal", "mile", "remove_layer2", "top@20", "top@100")
-    c.ablation.test_users = 5000
+    c.retriever.update(eval_every=0, checkpoint_every=250)
+    c.ablation.variants = ("baseline", "focal", "mile", "remove_layer2", *(f"top@{k}" for k in PAPER_TOP_KS),
+                           "swap12", "collision_token")
+    c.ablation.test_users = 0  # all 22,363: the differences the paper reports are a few points of Recall
     return c

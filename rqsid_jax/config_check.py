@@ -108,6 +108,11 @@ def validate_config(config) -> None:
         lr = _get(config, dotted)
         if lr is not None and not lr > 0:
             raise ConfigError(f"{dotted}={lr!r} must be positive")
+    variants, top_ks = _get(config, "ablation.variants"), _get(config, "hourglass.top_ks")
+    if variants is not None and top_ks is not None and "ablation" in (stages or ()):
+        from rqsid_jax.ablation import variant_retriever_config  # imports JAX: only when there is one to check
+        for v in variants:
+            variant_retriever_config(config.retriever, config.ablation, v, tuple(top_ks))
     for section in ("retriever", "baseline"):
         dtype = _get(config, f"{section}.dtype")
         if dtype is not None:

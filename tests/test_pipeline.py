@@ -15,6 +15,7 @@ import pytest
 
 from rqsid_jax import context, pipeline
 from rqsid_jax.data.tiny import ensure_tiny_dataset
+from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.sid.stage import load_sid_set
 from tests.fixtures import experiment_config
@@ -168,17 +169,33 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert again["variants"]["collision_token"]["all"] == ab["variants"]["collision_token"]["all"]
 
 
-def test_ablation_rejects_unknown_variants():
+def test_ablation_rejects_unknown_variants(tmp_path):
     from rqsid_jax.ablation import variant_retriever_config
 
     c = experiment_config("tiny")
     for bad in ("foo", "top@7", "top@x"):
-        with pytest.raises(ConfigError, match=f"ablation.variants: '{bad}'"):
+        with pytest.raises(ConfigError, match=f"ablation.variants=.*: '{bad}' is not"):
             variant_retriever_config(c.retriever, c.ablation, bad, tuple(c.hourglass.top_ks))
+    # checked with the rest of the config, before the workdir exists, when the ablation runs
+    c.stages = TOKENIZER_STAGES + ("ablation",)
+    c.ablation.variants = ("baseline", "top@3")
+    with pytest.raises(ConfigError, match=re.escape("ablation.variants=('baseline', 'top@3'): 'top@3' is not")):
+        pipeline.run(c, str(tmp_path / "wd"), progress=False)
+    assert not (tmp_path / "wd").exists()
+    c.stages = TOKENIZER_STAGES  # not run: not checked
+    validate_config(c)
     rc = variant_retriever_config(c.retriever, c.ablation, "focal", (2, 4))
     assert (rc.sids, rc.loss, rc.gamma) == ("baseline", "focal", c.ablation.focal_gamma)
     rc = variant_retriever_config(c.retriever, c.ablation, "mile", (2, 4))
     assert (rc.sids, rc.loss, rc.gamma) == ("baseline", "mile", c.ablation.mile_gamma)
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+def test_every_experiment_config_is_valid(name):
+    """Each configs/*.py passes the launcher's check (for an ablation config: its variants
+    against its top_ks); a recipe search's pipeline config likewise."""
+    c = experiment_config(name)
+    validate_config(c.pipeline if "pipeline" in c else c)
 
 
 def test_config_change_reruns_only_affected_stages(tmp_path):
