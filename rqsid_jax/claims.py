@@ -10,6 +10,8 @@ Each claim gets a verdict from a 95% bootstrap interval, decided before looking 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from rqsid_jax.retrieval.metrics import bootstrap_interval, per_user
@@ -140,3 +142,42 @@ def claims_markdown(claims: list[dict]) -> str:
             "when the interval lies wholly on one side of the claim's threshold, else undecided):", ""]
     return "\n".join(head + [f"- {sentence(c)}" for c in claims]) + "\n"
 
+
+
+def workdir_claims(workdir: str) -> list[dict]:
+    """The claims a finished workdir can test: concentration from its SIDs; tail and mitigation
+    from its ablation when that finished, else tail from its evaluation stage (the retriever's
+    predictions as the baseline)."""
+    import ml_collections
+
+    from rqsid_jax import workdir as wd
+    from rqsid_jax.quantization import tokenizer
+    from rqsid_jax.retrieval.metrics import hit_ranks
+
+    config = ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, wd.CONFIG)))
+    codes = wd.load_codes(os.path.join(workdir, "sids"))
+    head = wd.load_head_tokens(os.path.join(workdir, "hourglass"))
+    ranks, target = {}, None
+    if os.path.exists(os.path.join(workdir, "ablation", wd.STAGE)):
+        for v in config.ablation.variants:
+            p = np.load(os.path.join(workdir, "ablation", wd.file_name(v), wd.PREDICTIONS))
+            ranks[v], target = hit_ranks(p["top_rows"], p["target_row"]), p["target_row"]
+    elif os.path.exists(os.path.join(workdir, "evaluation", wd.PREDICTIONS)):
+        p = np.load(os.path.join(workdir, "evaluation", wd.PREDICTIONS))
+        ranks["baseline"], target = hit_ranks(p["top50_rows"], p["target_row"]), p["target_row"]
+    tail = ~np.isin(codes[target, 1], head) if target is not None else np.zeros(0, bool)
+    return evaluate_claims(codes, tokenizer.codebook_size(config), ranks, tail)
+
+
+def main(argv) -> None:
+    """python -m rqsid_jax.claims <workdir>...: each workdir's claims section on stdout."""
+    if len(argv) < 2:
+        raise SystemExit("usage: python -m rqsid_jax.claims <workdir> [<workdir> ...]")
+    for w in argv[1:]:
+        print(f"## {w}\n\n{claims_markdown(workdir_claims(w))}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv)

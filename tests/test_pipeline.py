@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from rqsid_jax import context, pipeline
+from rqsid_jax import claims, context, pipeline
 from rqsid_jax.data.tiny import ensure_tiny_dataset
 from rqsid_jax.config_check import validate_config
 from rqsid_jax.errors import ConfigError
@@ -73,6 +73,12 @@ def test_kill_and_rerun_finishes_without_redoing_finished_stages(tmp_path):
     # The metrics can be recomputed from the saved predictions alone.
     hits = (pred["top50_item_ids"][:, :10] == pred["target_item_id"][:, None]).any(1).mean()
     assert abs(hits - ev["test"]["all"]["recall@10"]) < 1e-9
+    # the paper's claims a finished workdir can test (python -m rqsid_jax.claims), the tail one
+    # from the evaluation stage's predictions and head tokens
+    cl = claims.workdir_claims(str(wd))
+    assert [c["claim"] for c in cl] == ["concentration", "tail"]
+    assert (cl[1]["head"], cl[1]["tail"]) == pytest.approx((ev["test"]["head"]["recall@10"],
+                                                             ev["test"]["tail"]["recall@10"]))
     assert os.listdir(wd / "tensorboard" / "tokenizer")
     # SASRec on the same split, its predictions in the same form, both side by side in the report
     bp = np.load(wd / "baseline" / "predictions_test.npz")
@@ -158,6 +164,7 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert cl[2]["value"] == pytest.approx(v["top@2"]["all"]["recall@10"] - v["baseline"]["all"]["recall@10"])
     claim_lines = [line for line in table.splitlines() if line.startswith("- ")]
     assert len(claim_lines) == 3 and all(f"**{c['verdict']}**" in l for c, l in zip(cl, claim_lines))
+    assert claims.workdir_claims(str(wd)) == cl  # the same claims from the finished workdir
     # A run killed during the last variant: finished variants are kept, the last is redone
     # from its checkpoints and gives the same numbers.
     done = wd / "ablation" / "baseline" / "metrics.json"
