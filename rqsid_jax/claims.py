@@ -119,11 +119,10 @@ def sentence(c: dict) -> str:
     v = f"**{c['verdict']}**"
     if c["claim"] == "concentration":
         return (f"Layer 2 is the hourglass's waist (the paper: residual quantization concentrates the middle "
-                f"layer): {v}. Layer 2's normalised entropy is below the lower of its neighbours' by "
+                f"layer): {v}. The entropy gap min(H1, H3) - H2 of normalised entropies is "
                 f"{_interval(c['entropy_gap'])} ({c['items']} items resampled; the hourglass needs more than "
                 f"{c['threshold']}), so layer 2 is {'' if c['layer2_most_concentrated'] else 'not '}measurably "
-                f"the most concentrated layer; its Gini is above the higher neighbour's by "
-                f"{_interval(c['gini_gap'])}.")
+                f"the most concentrated layer; the Gini gap G2 - max(G1, G3) is {_interval(c['gini_gap'])}.")
     if c["claim"] == "tail" and "value" not in c:
         return (f"Tail-token items are retrieved worse (the paper's Table 1): {v}, with {c['head_users']} head "
                 f"and {c['tail_users']} tail users.")
