@@ -104,6 +104,10 @@ def test_hourglass_detected_on_skewed_middle_layer(tmp_path):
     assert m["baseline"]["hourglass"]
     text = open(tmp_path / "report.md").read()
     assert "Hourglass on this data: **Yes**" in text and "top@5" in text and "long_tailed" in text
+    # the paper's concentration claim with its interval, decided like the ablation's claims
+    assert m["concentration_claim"]["verdict"] == "supported"
+    assert "Layer 2 is the hourglass's waist (the paper: residual quantization concentrates the middle layer): " \
+           "**supported**" in text
     for f in m["figures"].values():
         assert os.path.getsize(tmp_path / f) > 10_000  # real PNGs
     assert json.load(open(tmp_path / "analysis.json"))["mitigations"][0]["name"] == "baseline"

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rqsid_jax import markdown
+from rqsid_jax import claims, markdown
 from rqsid_jax import workdir as wd
 from rqsid_jax.sid import figures, hourglass, mitigations, synthetic
 
@@ -54,7 +54,9 @@ def write_report(out_dir: str, codes: np.ndarray, codebook_size: int, residuals:
                                                         os.path.join(fig_dir, "hourglass_swap12.png"),
                                                         title="After swapping layers 1 and 2")
     syn = synthetic.run(**(synthetic_cfg or {})) if synthetic_cfg is not None else None
-    metrics = {"baseline": base, "mitigations": mits, "synthetic": syn,
+    # the paper's first claim with its interval (the retrieval claims need a trained retriever)
+    metrics = {"baseline": base, "concentration_claim": claims.concentration_claim(codes, codebook_size),
+               "mitigations": mits, "synthetic": syn,
                "figures": {k: os.path.relpath(v, out_dir) for k, v in figs.items()}}
     with open(os.path.join(out_dir, wd.ANALYSIS), "w") as f:  # metrics.json is the stage summary
         json.dump(metrics, f, indent=1)
@@ -73,7 +75,10 @@ def render(m: dict, title: str) -> str:
     verdict = ("**Yes** - layer 2 has clearly lower entropy and higher Gini than layers 1 and 3."
                if b["hourglass"] else "**No** - layer 2 is not more concentrated than both layers 1 and 3.")
     s = f"# {title}\n\n{b['items']} items, {L} layers x {b['codebook_size']} codes.\n\n"
-    s += f"Hourglass on this data: {verdict}\n\n## Per-layer token distribution (baseline)\n\n"
+    s += f"Hourglass on this data: {verdict}\n\n"
+    if "concentration_claim" in m:
+        s += claims.claims_markdown([m["concentration_claim"]]) + "\n"
+    s += "## Per-layer token distribution (baseline)\n\n"
     s += markdown_table(b["layers"], LAYER_COLS) + "\n"
     s += "## Path sparsity\n\n" + markdown_table(b["paths"], ["depth", "distinct_prefixes", "possible", "occupancy",
                                                        "branching_mean", "branching_min", "branching_max"]) + "\n"
