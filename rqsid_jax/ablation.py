@@ -54,8 +54,9 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
             variant.startswith("top@") and variant[4:].isdigit() and int(variant[4:]) in top_ks):
         c.sids, c.loss = variant, "ce"
     else:
-        raise ConfigError(f"ablation.variants={tuple(ab.variants)!r}: '{variant}' is not one of {sorted(LOSS_VARIANTS)}, remove_layer2, "
-                          f"swap12, collision_token or top@K with K in hourglass.top_ks={list(top_ks)}")
+        raise ConfigError(f"ablation.variants={tuple(ab.variants)!r}: '{variant}' is not one of "
+                          f"{sorted(LOSS_VARIANTS)}, remove_layer2, swap12, collision_token or top@K with K in "
+                          f"hourglass.top_ks={list(top_ks)}")
     return c
 
 

@@ -1,6 +1,6 @@
 """The hourglass paper's claims (Kuai et al., EMNLP 2024) tested on one run's numbers.
 
-Each claim gets a verdict from a 95% bootstrap interval, decided before looking at the data:
+Each claim gets a verdict from a 95% bootstrap interval by one rule for all:
 'supported' when the interval lies wholly on the paper's side of the claim's threshold,
 'refuted' when it lies wholly on the other side, 'undecided' when it straddles it. The claims:
 
@@ -18,8 +18,8 @@ from rqsid_jax.retrieval.metrics import bootstrap_interval, per_user
 from rqsid_jax.sid.hourglass import layer_metrics
 
 # The project's hourglass threshold (sid/hourglass.is_hourglass): layer 2's normalised entropy
-# lower, and its Gini higher, than both neighbours' by more than this. Smaller gaps are real
-# but far from the paper's hourglass, which empties most of layer 2's codebook.
+# lower, and its Gini higher, than both neighbours' by more than this. Smaller gaps can be
+# measurable, but are far from the paper's hourglass, where a few layer-2 tokens hold most items.
 CONCENTRATION_MARGIN = 0.01
 LEVEL = 0.95
 
@@ -77,8 +77,8 @@ def tail_claim(ranks: np.ndarray, tail: np.ndarray, metric: str = "recall@10", r
         return {"claim": "tail", "metric": metric, "verdict": "undecided", "head_users": int(head.size),
                 "tail_users": int(tl.size)}
     rng = np.random.default_rng(seed)
-    diffs = np.array([head[rng.integers(0, head.size, head.size)].mean() - tl[rng.integers(0, tl.size, tl.size)].mean()
-                      for _ in range(resamples)])
+    diffs = np.array([head[rng.integers(0, head.size, head.size)].mean()
+                      - tl[rng.integers(0, tl.size, tl.size)].mean() for _ in range(resamples)])
     lo, hi = _percentiles(diffs)
     return {"claim": "tail", "metric": metric, "head": float(head.mean()), "tail": float(tl.mean()),
             "head_users": int(head.size), "tail_users": int(tl.size), "value": float(head.mean() - tl.mean()),
