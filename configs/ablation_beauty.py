@@ -11,8 +11,9 @@ Budget: beauty.py's recipe and its 3,400 steps (cosine to 0 within them, ~1 h pe
 this project's 2-core CPU), each variant scored at its last step (no model selection). The
 issue asks for a baseline within 10% of its converged validation Recall@10; beauty_long.py's
 curve tells whether 3,400 steps are enough (raise retriever.num_steps if not; on an accelerator
-use beauty_long.py's budget). Upstream stages are beauty.py's apart from hourglass.top_ks, so a
-workdir holding beauty.py's data..sids stages reuses them.
+use beauty_long.py's budget). The data..sids stages are configured as in beauty.py, so
+`--reuse_from=<a beauty.py workdir>` copies them in; use a workdir of its own: hourglass.top_ks
+differs, so in beauty.py's workdir the hourglass stage, and after it the retriever, would rerun.
 """
 import os
 

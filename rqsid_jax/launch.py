@@ -21,6 +21,8 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _PARTIAL = flags.DEFINE_bool("partial", False, "Allow stages to use upstream stages that were stopped early "
                              "(e.g. evaluate the best checkpoint of an interrupted training).")
+_REUSE_FROM = flags.DEFINE_list("reuse_from", [], "Workdirs whose finished stages are copied in where they were "
+                                "built for this config (same fingerprint); only read.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -73,7 +75,7 @@ def main(argv):
 
     try:
         results = pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, progress=_PROGRESS.value,
-                               partial=_PARTIAL.value)
+                               partial=_PARTIAL.value, reuse_from=_REUSE_FROM.value)
     except RqsidError as e:
         _exit_with(f"error: {e}")
     except OSError as e:  # a read-only or full disk, a workdir path through a file: one line

@@ -54,11 +54,13 @@ def _finish_swap(d: str) -> None:
 # ------------------------------------------------------------------ driver
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequence[str]] = None,
-        progress: bool = True, partial: bool = False) -> dict:
+        progress: bool = True, partial: bool = False, reuse_from: Sequence[str] = ()) -> dict:
     """Runs `stages` (default: all) in order, skipping finished ones. Returns metrics per stage.
 
     partial=True lets a stage use an upstream stage that was stopped before it finished (e.g.
     evaluate the best checkpoint of an interrupted training); its metrics record which.
+    reuse_from: other workdirs whose finished stages are copied in where their fingerprint is
+    this config's (e.g. an ablation reusing the main run's data..sids); they are only read.
     """
     wanted = list(stages) if stages else [s for s in STAGES if s in config.stages]
     unknown = [s for s in wanted if s not in STAGES]
@@ -67,13 +69,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Optional[Sequen
     validate_config(config)  # before anything in the workdir is created, changed or removed
     ctx = Context(config, workdir, progress)
     try:
-        return _run_stages(ctx, wanted, partial)
+        return _run_stages(ctx, wanted, partial, tuple(reuse_from))
     finally:
         if ctx.scratch is not None:  # processes other than 0: their private copies
             shutil.rmtree(ctx.scratch, ignore_errors=True)
 
 
-def _run_stages(ctx: Context, wanted: list, partial: bool) -> dict:
+def _reuse(ctx: Context, stage: str, sources: tuple) -> None:
+    """Copies `stage` from the first source workdir where it finished for this config's
+    fingerprint (so also for the same upstream stages and input files), then swaps it in like a
+    finished rebuild: an unfinished build here is superseded, a finished one of another config
+    replaced only once the copy is complete."""
+    fp = ctx.fingerprint(stage)
+    for src in sources:
+        done = os.path.join(src, stage, wd.STAGE)
+        if os.path.abspath(src) != os.path.abspath(ctx.workdir) and os.path.exists(done) and \
+                wd.read_json(done).get("fingerprint") == fp:
+            d = os.path.join(ctx.workdir, stage)
+            tmp = d + ".reuse"  # renamed only when complete: a killed copy is never taken for a stage
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(os.path.join(src, stage), tmp)
+            if os.path.exists(d):
+                shutil.rmtree(d + ".next", ignore_errors=True)
+                os.rename(tmp, d + ".next")
+                os.rename(d, d + ".prev")
+                _finish_swap(d)
+            else:
+                os.rename(tmp, d)
+            logging.info("stage %s: reused from %s", stage, src)
+            return
+
+
+def _run_stages(ctx: Context, wanted: list, partial: bool, reuse_from: tuple = ()) -> dict:
     config, workdir = ctx.config, ctx.workdir
     if ctx.is_main:  # process 0 alone creates and writes the workdir
         os.makedirs(workdir, exist_ok=True)
@@ -96,6 +123,8 @@ def _run_stages(ctx: Context, wanted: list, partial: bool) -> dict:
         d = os.path.join(workdir, stage)
         if ctx.is_main:
             _finish_swap(d)
+            if reuse_from and not ctx.is_done(stage):
+                _reuse(ctx, stage, reuse_from)
         ctx.sync(f"{stage}: swap finished")
         if ctx.is_done(stage):
             logging.info("stage %s: up to date, skipped", stage)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 
@@ -51,17 +50,12 @@ def sid_config(config: ml_collections.ConfigDict, kind: str) -> ml_collections.C
 def prepare_sids(config, workdir: str, kind: str) -> tuple[np.ndarray, object]:
     """(SID table, split) from <workdir>/sids_<kind>, run by the pipeline up to `sids`. Stages
     upstream of `sids` do not depend on the collision handling: a sibling SID workdir's finished
-    ones are copied in (their fingerprints are checked by the pipeline, which reruns a mismatch)."""
+    ones are reused (pipeline.run's reuse_from: where their fingerprints match)."""
     d = os.path.join(workdir, f"sids_{kind}")
-    for other in os.listdir(workdir) if os.path.isdir(workdir) else []:
-        src = os.path.join(workdir, other)
-        if other.startswith("sids_") and src != d:
-            for stage in UPSTREAM_OF_SIDS:
-                if os.path.exists(os.path.join(src, stage, wd.STAGE)) and not os.path.exists(
-                        os.path.join(d, stage)):
-                    shutil.copytree(os.path.join(src, stage), os.path.join(d, stage))
+    siblings = sorted(os.path.join(workdir, o) for o in (os.listdir(workdir) if os.path.isdir(workdir) else [])
+                      if o.startswith("sids_"))
     cfg = sid_config(config, kind)
-    pipeline.run(cfg, d, UPSTREAM_OF_SIDS + ("sids",), progress=False)
+    pipeline.run(cfg, d, UPSTREAM_OF_SIDS + ("sids",), progress=False, reuse_from=siblings)
     ctx = pipeline.Context(cfg, d, progress=False)
     return np.load(os.path.join(d, "sids", wd.SIDS)), ctx.split
 

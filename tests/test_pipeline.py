@@ -2,6 +2,7 @@ import copy
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -205,7 +206,7 @@ def test_every_experiment_config_is_valid(name):
     validate_config(c.pipeline if "pipeline" in c else c)
 
 
-def test_config_change_reruns_only_affected_stages(tmp_path):
+def test_config_change_reruns_only_affected_stages(tmp_path, caplog):
     c = experiment_config("tiny")
     c.stages = TOKENIZER_STAGES
     c.hourglass.run_synthetic = False
@@ -216,6 +217,24 @@ def test_config_change_reruns_only_affected_stages(tmp_path):
     pipeline.run(c, wd, progress=False)
     assert _mtimes(wd) == before  # nothing changed, nothing rerun
     assert _file_mtimes(wd) == files_before  # and nothing written: a read-only workdir can be re-checked
+    # --reuse_from: another workdir with another hourglass setting copies the stages built for
+    # its config (data..sids) from this one, which is only read, and runs its own hourglass stage
+    other, src_snapshot = copy.deepcopy(c), _snapshot(wd)
+    other.hourglass.top_ks = (3,)
+    reuse = tmp_path / "reuse"
+    with caplog.at_level(logging.INFO):
+        got = pipeline.run(other, str(reuse), progress=False, reuse_from=[str(tmp_path / "absent"), wd])
+    assert _snapshot(wd) == src_snapshot
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "reused from" in r.getMessage()] == [
+        f"stage {s}" for s in ("data", "embeddings", "tokenizer", "sids")]  # not hourglass: other fingerprint
+    for s in ("data", "embeddings", "tokenizer", "sids"):  # copied whole, timings included: not rerun
+        assert _snapshot(reuse / s) == _snapshot(os.path.join(wd, s)), s
+        assert got[s] == json.load(open(os.path.join(wd, s, "metrics.json")))
+    assert (reuse / "hourglass" / "sids_top_at_3.npy").exists()
+    # a finished stage of another config there is replaced by the source's once copied
+    pipeline.run(c, str(reuse), progress=False, reuse_from=[wd])
+    assert _snapshot(reuse / "hourglass") == _snapshot(os.path.join(wd, "hourglass"))
+    assert not [f for f in os.listdir(reuse) if f.endswith((".next", ".prev", ".reuse"))]
     c.hourglass.top_ks = (3,)
     pipeline.run(c, wd, progress=False)
     after = _mtimes(wd)

@@ -46,6 +46,10 @@ def test_search_pairs_variants_on_the_same_validation_users(tmp_path, monkeypatc
     s_tok = np.load(os.path.join(wd, "sids_token", "sids", "sids.npy"))
     s_re = np.load(os.path.join(wd, "sids_reassign", "sids", "sids.npy"))
     assert s_tok.shape[1] == 4 and s_re.shape[1] == 3 and len(np.unique(s_re, axis=0)) == len(s_re)
+    # the second SID kind's upstream stages are the first's, reused (timings and all), not rerun
+    for stage in ("data", "embeddings", "tokenizer"):
+        m = [json.load(open(os.path.join(wd, k, stage, "metrics.json"))) for k in ("sids_token", "sids_reassign")]
+        assert m[0] == m[1], stage
     # the table's paired difference is the mean and SE of per-user NDCG@10 differences
     g = lambda r: np.where((r >= 0) & (r < 10), 1 / np.log2(np.maximum(r, 0) + 2), 0.0)  # noqa: E731
     d = g(ranks["reassign"]) - g(ranks["items"])
