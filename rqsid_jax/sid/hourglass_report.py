@@ -73,7 +73,8 @@ def render(m: dict, title: str) -> str:
     b = m["baseline"]
     L = b["levels"]
     verdict = ("**Yes** - layer 2 has clearly lower entropy and higher Gini than layers 1 and 3."
-               if b["hourglass"] else "**No** - layer 2 is not more concentrated than both layers 1 and 3.")
+               if b["hourglass"] else "**No** - layer 2 is not more concentrated than both layers 1 and 3 by the "
+               "hourglass margins (0.01 of normalised entropy and of Gini).")
     s = f"# {title}\n\n{b['items']} items, {L} layers x {b['codebook_size']} codes.\n\n"
     s += f"Hourglass on this data: {verdict}\n\n"
     if "concentration_claim" in m:
