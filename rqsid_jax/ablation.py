@@ -116,8 +116,7 @@ def stage_ablation(ctx) -> dict:
     table = table_markdown(rows, tuple(ab.ks))
     codes = wd.load_codes(ctx.dir("sids"))
     # tail items as in the tables above: the target's baseline layer-2 token is not a head token
-    tail = (~np.isin(codes[target, 1], wd.load_head_tokens(ctx.dir("hourglass"))) if target is not None
-            else np.zeros(0, bool))
+    tail = claims.tail_targets(codes, wd.load_head_tokens(ctx.dir("hourglass")), target)
     if "baseline" in ranks and len(ranks) > 1:
         table += "\n" + paired_markdown(ranks, "baseline", tail)
     verdicts = claims.evaluate_claims(codes, tokenizer.codebook_size(ctx.config), ranks, tail)

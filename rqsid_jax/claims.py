@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from rqsid_jax.retrieval.metrics import bootstrap_interval, per_user
+from rqsid_jax.retrieval.metrics import bootstrap_interval, per_user, percentile_interval
 from rqsid_jax.sid.hourglass import layer_metrics
 
 # The project's hourglass threshold (sid/hourglass.is_hourglass): layer 2's normalised entropy
@@ -32,12 +32,6 @@ def verdict(lo: float, hi: float, threshold: float = 0.0) -> str:
     if hi < threshold:
         return "refuted"
     return "undecided"
-
-
-def _percentiles(x: np.ndarray) -> tuple[float, float]:
-    tail = (1 - LEVEL) / 2 * 100
-    lo, hi = np.percentile(x, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def concentration_claim(codes: np.ndarray, codebook_size: int, resamples: int = 1000, seed: int = 0) -> dict:
@@ -58,7 +52,7 @@ def concentration_claim(codes: np.ndarray, codebook_size: int, resamples: int = 
         # The basic (reverse-percentile) interval: resampling items adds multinomial noise to every
         # layer's counts, which moves the resampled gaps away from the estimate in the direction the
         # estimate is itself off; reflecting them about the estimate corrects that to first order.
-        q_lo, q_hi = _percentiles(gaps[1:, j])
+        q_lo, q_hi = percentile_interval(gaps[1:, j], LEVEL)
         out[name] = {"value": float(gaps[0, j]), "lo": float(2 * gaps[0, j] - q_hi),
                      "hi": float(2 * gaps[0, j] - q_lo)}
     e = out["entropy_gap"]
@@ -79,7 +73,7 @@ def tail_claim(ranks: np.ndarray, tail: np.ndarray, metric: str = "recall@10", r
     rng = np.random.default_rng(seed)
     diffs = np.array([head[rng.integers(0, head.size, head.size)].mean()
                       - tl[rng.integers(0, tl.size, tl.size)].mean() for _ in range(resamples)])
-    lo, hi = _percentiles(diffs)
+    lo, hi = percentile_interval(diffs, LEVEL)
     return {"claim": "tail", "metric": metric, "head": float(head.mean()), "tail": float(tl.mean()),
             "head_users": int(head.size), "tail_users": int(tl.size), "value": float(head.mean() - tl.mean()),
             "lo": lo, "hi": hi, "verdict": verdict(lo, hi)}
@@ -93,6 +87,11 @@ def mitigation_claim(ranks: dict, variant: str, reference: str = "baseline", met
     lo, hi = bootstrap_interval(d, resamples, LEVEL)
     return {"claim": "mitigation", "variant": variant, "metric": metric, "value": float(d.mean()), "lo": lo,
             "hi": hi, "verdict": verdict(lo, hi)}
+
+
+def tail_targets(codes: np.ndarray, head_tokens: np.ndarray, target) -> np.ndarray:
+    """Which test targets (item rows) hold a tail layer-2 token (none when there is no target)."""
+    return ~np.isin(codes[target, 1], head_tokens) if target is not None else np.zeros(0, bool)
 
 
 def is_mitigation(variant: str) -> bool:
@@ -164,8 +163,7 @@ def workdir_claims(workdir: str) -> list[dict]:
     elif os.path.exists(os.path.join(workdir, "evaluation", wd.PREDICTIONS)):
         p = np.load(os.path.join(workdir, "evaluation", wd.PREDICTIONS))
         ranks["baseline"], target = hit_ranks(p["top50_rows"], p["target_row"]), p["target_row"]
-    tail = ~np.isin(codes[target, 1], head) if target is not None else np.zeros(0, bool)
-    return evaluate_claims(codes, tokenizer.codebook_size(config), ranks, tail)
+    return evaluate_claims(codes, tokenizer.codebook_size(config), ranks, tail_targets(codes, head, target))
 
 
 def main(argv) -> None:

@@ -50,7 +50,12 @@ def bootstrap_interval(x: np.ndarray, resamples: int = 2000, level: float = 0.95
     """Percentile bootstrap interval of the mean of x over users (for a paired difference, x is
     the per-user difference: the same users resampled for both sides)."""
     rng = np.random.default_rng(seed)
-    means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(resamples)])
+    return percentile_interval(np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(resamples)]),
+                               level)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` range of bootstrap samples."""
     tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
     return float(lo), float(hi)
