@@ -26,11 +26,24 @@ class _OrbaxThreadErrors(logging.Filter):
 logging.getLogger("absl").addFilter(_OrbaxThreadErrors())
 
 
+# Set once save() has reported a failed write: the late storage callbacks that follow are that
+# failure's echo, already said in its one StorageError line.
+_save_failed = False
+
+
+def _late_callback() -> None:
+    """A RuntimeError('Event loop is closed') from a storage thread: silent after a reported failed
+    save (it may arrive after the error line, at interpreter exit, and must not follow it), one
+    warning line otherwise."""
+    if not _save_failed:
+        logging.warning("orbax: a storage callback arrived after its event loop closed")
+
+
 def _quiet_closed_loop(hook):
     """Wraps sys.excepthook / sys.unraisablehook so that a RuntimeError('Event loop is closed') is
-    one warning line: after a failed save, tensorstore's C++ threads still complete their futures
-    onto orbax's event loop, already closed, and CPython prints that through these hooks as a bare
-    traceback beside save()'s one-line StorageError. Every other error goes to the original hook."""
+    no bare traceback: after a failed save, tensorstore's C++ threads still complete their futures
+    onto orbax's event loop, already closed, and CPython prints that through these hooks beside
+    save()'s one-line StorageError. Every other error goes to the original hook."""
 
     def closed(exc) -> bool:
         return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
@@ -38,13 +51,13 @@ def _quiet_closed_loop(hook):
     if hook is sys.excepthook:
         def wrapped(kind, exc, tb):
             if closed(exc):
-                logging.warning("orbax: a storage callback arrived after its event loop closed")
+                _late_callback()
             else:
                 hook(kind, exc, tb)
     else:
         def wrapped(unraisable):
             if closed(unraisable.exc_value):
-                logging.warning("orbax: a storage callback arrived after its event loop closed")
+                _late_callback()
             else:
                 hook(unraisable)
     return wrapped
@@ -71,6 +84,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
         mngr.wait_until_finished()
     except (OSError, ValueError) as e:
+        global _save_failed
+        _save_failed = True
         text = str(e)
         reason = re.search(r"Failed to write [^:]*: ([^\[]+)", text)
         why = reason.group(1).strip() if reason else (e.strerror if isinstance(e, OSError) and e.strerror

@@ -216,7 +216,7 @@ def test_streaming_assignment_matches_direct(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), np.asarray(out))
 
 
-def test_closed_event_loop_callbacks_are_one_warning_and_other_errors_pass_through(capsys, caplog):
+def test_closed_event_loop_callbacks_are_one_warning_and_other_errors_pass_through(capsys, caplog, monkeypatch):
     # After a failed save, tensorstore completes futures onto orbax's closed event loop; CPython
     # reports that through sys.excepthook / sys.unraisablehook as a bare traceback.
     closed = RuntimeError("Event loop is closed")
@@ -230,3 +230,9 @@ def test_closed_event_loop_callbacks_are_one_warning_and_other_errors_pass_throu
     except ValueError as e:
         sys.excepthook(ValueError, e, e.__traceback__)  # still printed in full
     assert "ValueError: a real bug" in capsys.readouterr().err
+    # after save() has reported a failed write, its late callbacks (which can come at exit, after
+    # the error line) print nothing
+    monkeypatch.setattr(checkpointing, "_save_failed", True)
+    caplog.clear()
+    sys.excepthook(RuntimeError, closed, None)
+    assert not caplog.records and "Traceback" not in capsys.readouterr().err
