@@ -9,4 +9,5 @@ from rqsid_jax.config_check import load_config_file
 def get_config():
     c = load_config_file(os.path.join(os.path.dirname(__file__), "ablation_beauty.py"), lock=False)
     c.tokenizer = "rqkmeans"
+    c.ablation.results_dir = os.path.join(os.path.dirname(c.ablation.results_dir), "ablation_beauty_rqkmeans")
     return c

@@ -9,4 +9,5 @@ def get_config():
     c = load_config_file(os.path.join(os.path.dirname(__file__), "ablation_beauty.py"), lock=False)
     sports = load_config_file(os.path.join(os.path.dirname(__file__), "sports.py"), lock=False)
     c.dataset, c.embeddings = sports.dataset, sports.embeddings
+    c.ablation.results_dir = os.path.join(os.path.dirname(c.ablation.results_dir), "ablation_sports")
     return c

@@ -5,8 +5,10 @@ A variant is a loss on the baseline SIDs ('baseline' = cross-entropy, 'focal', '
 mitigated SID set from the hourglass stage trained with cross-entropy ('remove_layer2',
 'swap12', 'top@K'), or TIGER's collision-token SIDs ('collision_token', against collision-free
 baseline SIDs). Each variant lives in `<workdir>/ablation/<variant>/` (checkpoints,
-`metrics.json`, `predictions_test.npz`); a variant whose metrics.json exists is done, so a
-killed run resumes at the variant (and training step) it stopped at.
+`metrics.json`, `predictions_test.npz`, `ranks.npz`); a variant whose metrics.json exists is
+done, so a killed run resumes at the variant (and training step) it stopped at. With
+`ablation.results_dir` set, finished variants are also carried to and from that folder
+(ablation_carry.py), so a table too long for one machine's session is built over several.
 """
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ import time
 import ml_collections
 import numpy as np
 
-from rqsid_jax import claims, markdown
+from rqsid_jax import ablation_carry, claims, markdown
 from rqsid_jax import workdir as wd
 from rqsid_jax.errors import ConfigError
 from rqsid_jax.quantization import tokenizer
 from rqsid_jax.retrieval import evaluate
 from rqsid_jax.retrieval.input_pipeline import eval_examples, sample_rows
-from rqsid_jax.retrieval.metrics import bootstrap_interval, hit_ranks, mean_se, per_user
+from rqsid_jax.retrieval.metrics import bootstrap_interval, mean_se, per_user
 from rqsid_jax.retrieval.train import train_retriever
 from rqsid_jax.sid.stage import load_sid_set
 
@@ -40,6 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.test_users = 5000  # fixed random subset of test users, the same for every variant (0 = all)
     c.beam = 50
     c.ks = (1, 3, 5, 10, 30, 50)  # the paper's Table 2 columns
+    # A folder that keeps each finished variant's metrics.json and ranks.npz beyond this workdir
+    # (e.g. results/<config> in the repo), and gives them back to a later run with the same key
+    # (ablation_carry.py). Empty: the workdir only.
+    c.results_dir = ""
     return c
 
 
@@ -60,7 +66,7 @@ def variant_retriever_config(base: ml_collections.ConfigDict, ab: ml_collections
     return c
 
 
-def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, ks) -> dict:
+def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, ks, key: str) -> dict:
     """Trains one variant's retriever (resumable) and evaluates it on the fixed test users."""
     ab = ctx.config.ablation
     d = os.path.join(ctx.dir("ablation"), wd.file_name(variant))
@@ -80,7 +86,8 @@ def run_variant(ctx, variant: str, rc, sids: np.ndarray, test_rows: np.ndarray, 
                             batch_size=ctx.config.evaluation.batch_size, progress=ctx.progress)
     np.savez(os.path.join(d, wd.PREDICTIONS), test_rows=test_rows, top_rows=res["predictions"],
              target_row=ex.target)
-    m = {"variant": variant, "sids": rc.sids, "loss": rc.loss, "gamma": rc.gamma, "steps": rc.num_steps,
+    ablation_carry.save_ranks(d, test_rows, res["predictions"], ex.target)
+    m = {"variant": variant, "key": key, "sids": rc.sids, "loss": rc.loss, "gamma": rc.gamma, "steps": rc.num_steps,
          "train_seconds": train_s, "eval_seconds": time.time() - t, "final_train_loss": last.get("train_loss"),
          "test_users": int(len(ex)), "all": res["metrics"], "head": res["head"], "tail": res["tail"],
          "validation": history}
@@ -97,26 +104,33 @@ def stage_ablation(ctx) -> dict:
         raise ConfigError(f"ablation.beam={ab.beam} is smaller than the largest K in ablation.ks={list(ab.ks)}")
     configs = {v: variant_retriever_config(ctx.config.retriever, ab, v, top_ks) for v in ab.variants}
     test_rows = sample_rows(ctx.split.num_users, ab.test_users, [ctx.config.seed, 7])
+    codes, head = wd.load_codes(ctx.dir("sids")), wd.load_head_tokens(ctx.dir("hourglass"))
     rows, ranks, target = [], {}, None
     for v, rc in configs.items():
+        sids = load_sid_set(ctx, rc.sids)
+        key = ablation_carry.variant_key(rc, sids, codes, head, ctx.split, test_rows)
         folder = os.path.join(ctx.shared("ablation"), wd.file_name(v))  # the same on every process
         if os.path.exists(os.path.join(folder, wd.METRICS)):
             logging.info("ablation %s: done, skipped", v)
-            with open(os.path.join(folder, wd.METRICS)) as f:
-                rows.append(json.load(f))
         else:
-            logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
-            rows.append(run_variant(ctx, v, rc, load_sid_set(ctx, rc.sids), test_rows, ks))
             folder = os.path.join(ctx.dir("ablation"), wd.file_name(v))  # this process's copy
-        pred = np.load(os.path.join(folder, wd.PREDICTIONS))
-        if not np.array_equal(pred["test_rows"], test_rows):
+            if ab.results_dir and ablation_carry.carry_in(ab.results_dir, v, key, folder):
+                logging.info("ablation %s: done elsewhere, taken from %s", v, ab.results_dir)
+            else:
+                logging.info("ablation %s: training (%s SIDs, %s loss)", v, rc.sids, rc.loss)
+                run_variant(ctx, v, rc, sids, test_rows, ks, key)
+        m = wd.read_json(os.path.join(folder, wd.METRICS))
+        rows.append(m)
+        if ab.results_dir and ctx.is_main and m.get("key") == key:
+            ablation_carry.carry_out(folder, ab.results_dir, v)
+        got = ablation_carry.load_ranks(folder)
+        if not np.array_equal(got["test_rows"], test_rows):
             raise ConfigError(f"ablation {v}: evaluated other test users than this config's; remove "
                               f"{os.path.join(ctx.shared('ablation'), wd.file_name(v))} to redo it")
-        ranks[v], target = hit_ranks(pred["top_rows"], pred["target_row"]), pred["target_row"]
+        ranks[v], target = got["ranks"], got["target_row"]
     table = table_markdown(rows, tuple(ab.ks))
-    codes = wd.load_codes(ctx.dir("sids"))
     # tail items as in the tables above: the target's baseline layer-2 token is not a head token
-    tail = claims.tail_targets(codes, wd.load_head_tokens(ctx.dir("hourglass")), target)
+    tail = claims.tail_targets(codes, head, target)
     if "baseline" in ranks and len(ranks) > 1:
         table += "\n" + paired_markdown(ranks, "baseline", tail)
     verdicts = claims.evaluate_claims(codes, tokenizer.codebook_size(ctx.config), ranks, tail)

@@ -148,6 +148,7 @@ def workdir_claims(workdir: str) -> list[dict]:
     predictions as the baseline)."""
     import ml_collections
 
+    from rqsid_jax import ablation_carry
     from rqsid_jax import workdir as wd
     from rqsid_jax.quantization import tokenizer
     from rqsid_jax.retrieval.metrics import hit_ranks
@@ -158,8 +159,8 @@ def workdir_claims(workdir: str) -> list[dict]:
     ranks, target = {}, None
     if os.path.exists(os.path.join(workdir, "ablation", wd.STAGE)):
         for v in config.ablation.variants:
-            p = np.load(os.path.join(workdir, "ablation", wd.file_name(v), wd.PREDICTIONS))
-            ranks[v], target = hit_ranks(p["top_rows"], p["target_row"]), p["target_row"]
+            got = ablation_carry.load_ranks(os.path.join(workdir, "ablation", wd.file_name(v)))
+            ranks[v], target = got["ranks"], got["target_row"]
     elif os.path.exists(os.path.join(workdir, "evaluation", wd.PREDICTIONS)):
         p = np.load(os.path.join(workdir, "evaluation", wd.PREDICTIONS))
         ranks["baseline"], target = hit_ranks(p["top50_rows"], p["target_row"]), p["target_row"]

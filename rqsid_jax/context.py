@@ -16,7 +16,7 @@ from rqsid_jax import workdir as wd
 from rqsid_jax.data import load_dataset
 from rqsid_jax.data.readers import input_files
 from rqsid_jax.inputs import signatures
-from rqsid_jax.stages import STAGE_KEYS, UPSTREAM
+from rqsid_jax.stages import NOT_FINGERPRINTED, STAGE_KEYS, UPSTREAM
 
 
 def jsonable(v):
@@ -115,6 +115,9 @@ class Context:
         """Hash of the stage's config sections, its upstream fingerprints and its input files."""
         if stage not in self.fingerprints:
             part = {k: jsonable(self.config.get(k)) for k in STAGE_KEYS[stage]}
+            for k, fields in NOT_FINGERPRINTED.items():
+                if isinstance(part.get(k), dict):
+                    part[k] = {f: v for f, v in part[k].items() if f not in fields}
             part["upstream"] = [self.fingerprint(u) for u in UPSTREAM[stage]]
             files = self.input_files(stage)
             if files:  # a changed input file reruns this stage and everything after it

@@ -91,7 +91,8 @@ def write_workdir_report(workdir: str) -> str:
         table = os.path.join(workdir, stage, "table.md")
         if stage == "ablation" and os.path.exists(table):
             out += ["Retriever variants (the hourglass paper's Table 2 on this data):", "",
-                    open(table).read(), "Per variant: `ablation/<variant>/metrics.json`, `predictions_test.npz`.", ""]
+                    open(table).read(), "Per variant: `ablation/<variant>/metrics.json`, `ranks.npz` (and `predictions_test.npz` "
+                    "where it was trained in this workdir).", ""]
     path = os.path.join(workdir, wd.REPORT)
     text = "\n".join(out) + "\n"
     if not os.path.exists(path) or open(path).read() != text:  # an up-to-date workdir is only read

@@ -14,6 +14,9 @@ STAGE_KEYS = {
     "baseline": ("baseline",),
     "ablation": ("ablation", "retriever", "evaluation"),
 }
+# Config fields that say where results are kept, not what they are: left out of fingerprints, so
+# setting them never reruns a finished stage.
+NOT_FINGERPRINTED = {"ablation": ("results_dir",)}
 UPSTREAM = {"data": (), "embeddings": ("data",), "tokenizer": ("embeddings",), "sids": ("tokenizer",),
             "hourglass": ("sids",), "retriever": ("sids", "hourglass"), "evaluation": ("retriever",),
             "baseline": ("data",), "ablation": ("sids", "hourglass")}

@@ -167,14 +167,40 @@ def test_ablation_table_recomputable_and_resumes_per_variant(tmp_path):
     assert len(claim_lines) == 3 and all(f"**{c['verdict']}**" in l for c, l in zip(cl, claim_lines))
     assert claims.workdir_claims(str(wd)) == cl  # the same claims from the finished workdir
     # A run killed during the last variant: finished variants are kept, the last is redone
-    # from its checkpoints and gives the same numbers.
+    # from its checkpoints and gives the same numbers. A results folder set now (it is not part of
+    # the fingerprint) receives every finished variant.
     done = wd / "ablation" / "baseline" / "metrics.json"
     mtime = os.path.getmtime(done)
     os.remove(wd / "ablation" / "stage.json")
     os.remove(wd / "ablation" / "collision_token" / "metrics.json")
+    results = tmp_path / "results"
+    c.ablation.results_dir = str(results)
     again = pipeline.run(c, str(wd), progress=False)["ablation"]
     assert os.path.getmtime(done) == mtime
     assert again["variants"]["collision_token"]["all"] == ab["variants"]["collision_token"]["all"]
+    assert sorted(os.listdir(results)) == sorted(v.replace("@", "_at_") for v in ab["variants"])
+    assert all(sorted(os.listdir(results / v)) == ["metrics.json", "ranks.npz"] for v in os.listdir(results))
+    # Another machine's workdir (its own upstream stages, no ablation): every variant comes from
+    # the results folder, none is trained, and the table and claims are the same.
+    wd3 = tmp_path / "wd3"
+    for s in TOKENIZER_STAGES:
+        shutil.copytree(wd / s, wd3 / s)
+    carried = pipeline.run(c, str(wd3), progress=False)["ablation"]
+    assert {k: v for k, v in carried.items() if k != "wall_seconds"} == {
+        k: v for k, v in again.items() if k != "wall_seconds"}
+    assert not list((wd3 / "ablation").glob("*/checkpoints")) and not list((wd3 / "ablation").glob("*/*.npz.tmp"))
+    assert open(wd3 / "ablation" / "table.md").read() == open(wd / "ablation" / "table.md").read()
+    assert claims.workdir_claims(str(wd3)) == cl
+    # Other retriever settings (or SIDs, or data) never mix into that table: one clear error,
+    # and the results folder is left as it was.
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    c.retriever.num_steps = 21
+    wd4 = tmp_path / "wd4"
+    for s in TOKENIZER_STAGES:
+        shutil.copytree(wd / s, wd4 / s)
+    with pytest.raises(ConfigError, match=r"results/baseline: ablation variant 'baseline' was made with other"):
+        pipeline.run(c, str(wd4), progress=False)
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
 
 
 def test_ablation_rejects_unknown_variants(tmp_path):
