@@ -569,7 +569,12 @@ def test_full_disk_and_read_only_workdir_are_one_line(tmp_path):
 
 SHORT = ["--config.rqvae.num_steps=20", "--config.rqvae.checkpoint_every=10", "--config.retriever.num_steps=20",
          "--config.retriever.eval_every=10", "--config.retriever.checkpoint_every=10", "--config.baseline.num_epochs=2",
-         "--config.evaluation.invalid_users=0", "--config.evaluation.given_layer1_users=0"]
+         "--config.evaluation.invalid_users=0", "--config.evaluation.given_layer1_users=0",
+         # Bit-for-bit across process layouts holds for float32 kernels. On a CPU with AVX512-BF16,
+         # 'auto' picks bfloat16 dots, and 2 processes x 4 devices then gave 5.8% other top-50
+         # entries than 1 x 8 (measured): those kernels do not promise one summation order across
+         # layouts. bfloat16 against float32 is tested in test_precision.py.
+         "--config.retriever.dtype=float32", "--config.baseline.dtype=float32"]
 
 
 def test_two_processes_write_once_and_match_one_process(tmp_path):

@@ -134,9 +134,13 @@ def test_one_vs_eight_devices_same_training(tmp_path, ema):
     _, eight = _checkpointed_state(cfg, x, 8, tmp_path / "eight")
     assert ("ema_size" in one) == ema
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree.leaves(eight)):
-        # Sharding changes only the order of float32 sums over the batch; Adam divides small
-        # gradients of rarely used codes by their own noise, so allow 5% of one lr=1e-3 update.
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5,
+        # Sharding changes only the order of float32 sums over the batch. Adam divides the
+        # gradient of a rarely used code by its own size, so where that gradient is rounding
+        # noise the two runs step that value by up to one learning rate in other directions: the
+        # bound is one update (lr = 1e-3; measured 3.2e-4 on an AVX512 EPYC, under 5e-5 on a
+        # Zen 3). Another seed on 8 devices misses this bound on nearly every parameter (up to
+        # 4.9 on the codebooks); the codes below must agree exactly.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=cfg.learning_rate,
                                    err_msg=jax.tree_util.keystr(path))
     m1, m8 = (model_from_state(graphdef, s) for s in (one, eight))
     np.testing.assert_array_equal(np.asarray(m1.codes(x)), np.asarray(m8.codes(x)))
