@@ -45,13 +45,15 @@ def get_config() -> ml_collections.ConfigDict:
     # The recipe the validation search chose (configs/recipe_beauty.py, README): item-level encoder
     # input (one position per item, ~3x faster than one per token), cosine decay, every contiguous
     # window of a history as a training example (GRID), collision-free 3-token SIDs.
-    # num_steps is sized so the whole command takes ~90 min on this project's 2-core CPU (3400 x 256
-    # windows at ~225 samples/s). TIGER trained far longer; on an accelerator raise it
-    # (e.g. --config.retriever.num_steps=30000, or configs/beauty_long.py).
+    # num_steps is sized so the whole command fits 90 min on this project's 2-core AVX512-BF16 CPU,
+    # where the bfloat16 path trains at ~0.4 s a step (8000 x 256 windows, ~2.3 passes). On a CPU
+    # without hardware bfloat16 (e.g. AMD Zen 3: float32, ~1 s a step) that is ~2.5 h: use
+    # --config.retriever.num_steps=3400 there. TIGER trained far longer; on an accelerator raise
+    # it (e.g. --config.retriever.num_steps=30000, or configs/beauty_long.py).
     c.sid_collisions = "reassign"
     c.retriever.update(encoder_input="items", lr_schedule="cosine", augment="subsequences",
-                       num_steps=3400, eval_every=500, eval_users=2000, learning_rate=0.002,
-                       warmup_steps=300, patience=0, checkpoint_every=250)
+                       num_steps=8000, eval_every=500, eval_users=2000, learning_rate=0.002,
+                       warmup_steps=500, patience=0, checkpoint_every=500)
 
     c.evaluation = ml_collections.ConfigDict()
     c.evaluation.splits = ("test",)  # validation is tracked during training
