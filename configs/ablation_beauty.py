@@ -33,7 +33,7 @@ def get_config():
     c.ablation.variants = ("baseline", "focal", "mile", "remove_layer2", *(f"top@{k}" for k in PAPER_TOP_KS),
                            "swap12", "collision_token")
     c.ablation.test_users = 0  # all 22,363: the differences the paper reports are a few points of Recall
-    # ~1 h per variant on this CPU, and a session's workdir does not outlive it: each finished
+    # ~40 min per variant on this CPU, and a session's workdir does not outlive it: each finished
     # variant's metrics.json and ranks.npz are kept in the repo, so the table is built over sessions.
     c.ablation.results_dir = results_dir("ablation_beauty")
     return c

@@ -12,7 +12,6 @@ done, so a killed run resumes at the variant (and training step) it stopped at. 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

@@ -25,7 +25,7 @@ from rqsid_jax.errors import ConfigError, StorageError
 from rqsid_jax.retrieval.metrics import hit_ranks
 
 RANKS = "ranks.npz"
-CARRIED = (wd.METRICS, RANKS)  # metrics.json last: it marks a variant done
+CARRIED = (RANKS, wd.METRICS)  # metrics.json last: it marks a variant done
 
 
 def variant_key(rc, sids: np.ndarray, codes: np.ndarray, head: np.ndarray, split, test_rows: np.ndarray) -> str:
