@@ -121,7 +121,7 @@ def stage_ablation(ctx) -> dict:
         m = wd.read_json(os.path.join(folder, wd.METRICS))
         rows.append(m)
         if ab.results_dir and ctx.is_main and m.get("key") == key:
-            ablation_carry.carry_out(folder, ab.results_dir, v)
+            ablation_carry.carry_out(folder, ab.results_dir, v, key)
         got = ablation_carry.load_ranks(folder)
         if not np.array_equal(got["test_rows"], test_rows):
             raise ConfigError(f"ablation {v}: evaluated other test users than this config's; remove "

@@ -67,6 +67,35 @@ def carry_in(results_dir: str, variant: str, key: str, dest: str) -> bool:
     results folder does not have it. A variant there with another key is an error: its numbers
     belong to other SIDs, data or settings."""
     src = os.path.join(results_dir, wd.file_name(variant))
+    if not _holds(src, variant, key):
+        return False
+    if not os.path.exists(os.path.join(src, RANKS)):
+        raise ConfigError(f"{src}: has {wd.METRICS} but no {RANKS}")
+    os.makedirs(dest, exist_ok=True)
+    for name in CARRIED:
+        shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    return True
+
+
+def carry_out(folder: str, results_dir: str, variant: str, key: str) -> None:
+    """Copies a variant finished here into the results folder (metrics.json last, atomically),
+    unless it is there already; never over a variant of another key."""
+    dest = os.path.join(results_dir, wd.file_name(variant))
+    if _holds(dest, variant, key):
+        return
+    try:
+        os.makedirs(dest, exist_ok=True)
+        for name in CARRIED:
+            shutil.copyfile(os.path.join(folder, name), os.path.join(dest, name + ".tmp"))
+            os.replace(os.path.join(dest, name + ".tmp"), os.path.join(dest, name))
+    except OSError as e:  # the variant itself is kept in the workdir
+        raise StorageError(f"ablation.results_dir: cannot write {dest} ({e.strerror or e}); "
+                           f"the variant is kept in {folder}") from None
+
+
+def _holds(src: str, variant: str, key: str) -> bool:
+    """Whether a results folder holds `variant` finished with `key` (False: not there at all);
+    one with another key is an error."""
     if not os.path.exists(os.path.join(src, wd.METRICS)):
         return False
     try:
@@ -76,22 +105,4 @@ def carry_in(results_dir: str, variant: str, key: str, dest: str) -> bool:
     if found != key:
         raise ConfigError(f"{src}: ablation variant '{variant}' was made with other SIDs, data or retriever "
                           f"settings (key {found} != {key}); move it away or set another ablation.results_dir")
-    if not os.path.exists(os.path.join(src, RANKS)):
-        raise ConfigError(f"{src}: has {wd.METRICS} but no {RANKS}")
-    os.makedirs(dest, exist_ok=True)
-    for name in CARRIED:
-        shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
     return True
-
-
-def carry_out(folder: str, results_dir: str, variant: str) -> None:
-    """Copies a variant finished here into the results folder (metrics.json last, atomically)."""
-    dest = os.path.join(results_dir, wd.file_name(variant))
-    try:
-        os.makedirs(dest, exist_ok=True)
-        for name in CARRIED:
-            shutil.copyfile(os.path.join(folder, name), os.path.join(dest, name + ".tmp"))
-            os.replace(os.path.join(dest, name + ".tmp"), os.path.join(dest, name))
-    except OSError as e:  # the variant itself is kept in the workdir
-        raise StorageError(f"ablation.results_dir: cannot write {dest} ({e.strerror or e}); "
-                           f"the variant is kept in {folder}") from None
