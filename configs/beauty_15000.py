@@ -13,9 +13,7 @@ from rqsid_jax.config_check import load_config_file
 
 
 def get_config():
-    c = load_config_file(os.path.join(os.path.dirname(__file__), "beauty.py"), lock=False)
-    c.stages = ("data", "embeddings", "tokenizer", "sids", "hourglass", "retriever", "evaluation")
-    c.retriever.update(num_steps=15000, warmup_steps=1000, eval_every=1000, eval_users=4000, patience=5,
-                       checkpoint_every=500)
-    c.evaluation.update(given_layer1_users=0, invalid_users=0)
+    # beauty_6000.py's run (stages, validation, evaluation) on a schedule 2.5x as long
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "beauty_6000.py"), lock=False)
+    c.retriever.update(num_steps=15000, warmup_steps=1000)
     return c
