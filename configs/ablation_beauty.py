@@ -8,7 +8,7 @@ The paper's top@K (K = 20, 200, 400, 600 of M = 4096 codes) scaled to this run's
 K = 1, 13, 25, 38 (the same shares of layer 2's codebook).
 
 Budget: beauty.py's recipe annealed over 6,000 steps (configs/beauty_6000.py's schedule;
-~40 min per variant on this project's 2-core AVX512-BF16 CPU), each variant scored at its last
+~45 min per variant on this project's 2-core AVX512-BF16 CPU), each variant scored at its last
 step (no model selection). The issue asks for a baseline within 10% of its converged validation
 Recall@10: beauty_6000.py's run ends at 0.0603 (4,000 users), 99% of beauty_long.py's best
 0.0607 (its 30,000-step cosine, plateaued from ~11,000 steps), where the main command's
@@ -33,7 +33,7 @@ def get_config():
     c.ablation.variants = ("baseline", "focal", "mile", "remove_layer2", *(f"top@{k}" for k in PAPER_TOP_KS),
                            "swap12", "collision_token")
     c.ablation.test_users = 0  # all 22,363: the differences the paper reports are a few points of Recall
-    # ~40 min per variant on this CPU, and a session's workdir does not outlive it: each finished
+    # ~45 min per variant on this CPU (42 min of training + 3 of evaluation measured), and a session's workdir does not outlive it: each finished
     # variant's metrics.json and ranks.npz are kept in the repo, so the table is built over sessions.
     c.ablation.results_dir = results_dir("ablation_beauty")
     return c
