@@ -33,8 +33,9 @@ def get_config():
     c.ablation.variants = ("baseline", "focal", "mile", "remove_layer2", *(f"top@{k}" for k in PAPER_TOP_KS),
                            "swap12", "collision_token")
     c.ablation.test_users = 0  # all 22,363: the differences the paper reports are a few points of Recall
-    # ~45 min per variant on this CPU (42 min of training + 3 of evaluation measured), and a session's workdir does not outlive it: each finished
-    # variant's metrics.json and ranks.npz are kept in the repo, so the table is built over sessions.
+    # ~45 min per variant on this CPU (42 min of training + 3 of evaluation measured), and a
+    # session's workdir does not outlive it: each finished variant's metrics.json and ranks.npz
+    # are kept in the repo, so the table is built over sessions.
     c.ablation.results_dir = results_dir("ablation_beauty")
     return c
 
